@@ -10,7 +10,6 @@ import torch
 import dimba
 from dimba.models.bidirectional import BidirectionalMamba2
 from dimba.models.mamba2 import Mamba2
-from dimba.models.ssd import segment_sum
 from tests.mamba2_reference import reference_mamba2
 
 CONFIGS = {
@@ -97,15 +96,6 @@ def test_step_from_empty_state_equals_forward():
         y, state = m.step(u[:, t], state)
         ys.append(y)
     torch.testing.assert_close(torch.stack(ys, 1), m(u), rtol=1e-9, atol=1e-10)
-
-
-def test_segment_sum_is_pairwise_sum():
-    x = torch.randn(6, dtype=torch.float64)
-    s = segment_sum(x)
-    for i in range(6):
-        for j in range(6):
-            expected = x[j + 1:i + 1].sum() if i >= j else float("-inf")
-            assert s[i, j].item() == pytest.approx(float(expected))
 
 
 def test_bf16_autocast_keeps_scan_in_fp32_and_close():

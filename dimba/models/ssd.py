@@ -17,25 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def segment_sum(x: Tensor) -> Tensor:
-    """Stable pairwise segment sums of log-decays.
-
-    Args:
-        x: (..., Q) per-step log-decays.
-    Returns:
-        (..., Q, Q) with out[..., i, j] = sum_{k=j+1..i} x[..., k] for i >= j and -inf above the diagonal,
-        so that exp(out) is the lower-triangular decay matrix. Summing masked copies (instead of
-        differencing one cumsum) avoids catastrophic cancellation for long chunks.
-    """
-    q = x.shape[-1]
-    x = x.unsqueeze(-1).expand(*x.shape, q)  # (..., Q, Q): x[..., i, j] = x_i
-    strictly_lower = torch.ones(q, q, dtype=torch.bool, device=x.device).tril(-1)
-    x = x.masked_fill(~strictly_lower, 0.0)
-    sums = x.cumsum(dim=-2)
-    lower = torch.ones(q, q, dtype=torch.bool, device=x.device).tril(0)
-    return sums.masked_fill(~lower, float("-inf"))
-
-
 def ssd_chunked_scan(
     x: Tensor,
     dt: Tensor,
@@ -63,8 +44,7 @@ def ssd_chunked_scan(
     ngroups, d_state = B.shape[2], B.shape[3]
     if nheads % ngroups:
         raise ValueError(f"nheads ({nheads}) must be divisible by ngroups ({ngroups})")
-    B = B.repeat_interleave(nheads // ngroups, dim=2)  # (b, L, h, n)
-    C = C.repeat_interleave(nheads // ngroups, dim=2)
+    per_group = nheads // ngroups
 
     x_dt = x * dt.unsqueeze(-1)  # discretised input dt_t * x_t
     log_decay = dt * A  # (b, L, h)
@@ -76,36 +56,37 @@ def ssd_chunked_scan(
         log_decay = F.pad(log_decay, (0, 0, 0, pad))
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
-    nchunks = (length + pad) // chunk_size
-    q = chunk_size
-    x_dt = x_dt.view(batch, nchunks, q, nheads, headdim)
-    B = B.view(batch, nchunks, q, nheads, d_state)
-    C = C.view(batch, nchunks, q, nheads, d_state)
-    log_decay = log_decay.view(batch, nchunks, q, nheads).permute(0, 3, 1, 2)  # (b, h, c, q)
-    cum_decay = log_decay.cumsum(dim=-1)  # (b, h, c, q)
+    nchunks, q = (length + pad) // chunk_size, chunk_size
+    # Heads are indexed as (group, head-in-group) so that B and C are never copied per head.
+    x_dt = x_dt.view(batch, nchunks, q, ngroups, per_group, headdim)
+    B = B.view(batch, nchunks, q, ngroups, d_state)
+    C = C.view(batch, nchunks, q, ngroups, d_state)
+    cum = log_decay.view(batch, nchunks, q, ngroups, per_group).cumsum(dim=2)  # (b, c, q, g, k)
 
-    # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(sum_{j<k<=i} log a_k) dt_j x_j.
-    decay_matrix = torch.exp(segment_sum(log_decay))  # (b, h, c, q, q)
-    scores = torch.einsum("bcihn,bcjhn->bhcij", C, B) * decay_matrix
-    y_diag = torch.einsum("bhcij,bcjhp->bcihp", scores, x_dt)
+    # 1. Within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cum_i - cum_j) dt_j x_j. C_i . B_j is shared
+    #    by all heads of a group, so it is computed once per group (the costly q^2 d_state product).
+    scores = torch.einsum("bcign,bcjgn->bcgij", C, B)  # (b, c, g, q, q)
+    cum_h = cum.permute(0, 1, 3, 4, 2)  # (b, c, g, k, q)
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((cum_h.unsqueeze(-1) - cum_h.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
+    y_diag = torch.einsum("bcgkij,bcjgkp->bcigkp", scores.unsqueeze(3) * decay, x_dt)
 
     # 2. The state each chunk contributes by its end, starting from zero.
-    decay_to_end = torch.exp(cum_decay[..., -1:] - cum_decay)  # (b, h, c, q)
-    chunk_states = torch.einsum("bcjhn,bhcj,bcjhp->bchpn", B, decay_to_end, x_dt)
+    decay_to_end = torch.exp(cum[:, :, -1:] - cum)  # (b, c, q, g, k)
+    chunk_states = torch.einsum("bcjgn,bcjgkp->bcgkpn", B, x_dt * decay_to_end.unsqueeze(-1))
 
-    # 3. Recurrence between chunks only (nchunks = L / Q iterations).
-    chunk_decay = torch.exp(cum_decay[..., -1])  # (b, h, c)
-    state = (
-        x.new_zeros(batch, nheads, headdim, d_state) if initial_state is None else initial_state.to(x.dtype)
-    )
+    # 3. Recurrence between chunks only (L / Q iterations, not L).
+    chunk_decay = torch.exp(cum[:, :, -1])  # (b, c, g, k)
+    state = x.new_zeros(batch, ngroups, per_group, headdim, d_state) if initial_state is None else \
+        initial_state.to(x.dtype).view(batch, ngroups, per_group, headdim, d_state)
     states_in = []
     for c in range(nchunks):
         states_in.append(state)
-        state = state * chunk_decay[:, :, c, None, None] + chunk_states[:, c]
-    states_in = torch.stack(states_in, dim=1)  # (b, c, h, p, n): state entering each chunk
+        state = state * chunk_decay[:, c, :, :, None, None] + chunk_states[:, c]
+    states_in = torch.stack(states_in, dim=1)  # (b, c, g, k, p, n): the state entering each chunk
 
     # 4. Contribution of the incoming state to every position of its chunk.
-    y_off = torch.einsum("bcihn,bchpn,bhci->bcihp", C, states_in, torch.exp(cum_decay))
+    y_off = torch.einsum("bcign,bcgkpn->bcigkp", C, states_in) * torch.exp(cum).unsqueeze(-1)
 
     y = (y_diag + y_off).reshape(batch, nchunks * q, nheads, headdim)[:, :length]
-    return y, state
+    return y, state.reshape(batch, nheads, headdim, d_state)

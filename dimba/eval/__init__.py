@@ -1,0 +1,1 @@
+"""Evaluation: metrics, generation quality, speed benchmarks and plots."""
