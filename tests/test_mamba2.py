@@ -191,3 +191,17 @@ def test_every_module_imports_without_cuda_packages():
     for info in pkgutil.walk_packages(dimba.__path__, "dimba."):
         importlib.import_module(info.name)
     assert "mamba_ssm" not in sys.modules, "a dimba module imported mamba_ssm at import time"
+
+
+def test_loglog_slope_of_known_powers():
+    from dimba.eval.timing import loglog_slope
+    xs = [256, 512, 1024, 2048]
+    assert loglog_slope(xs, [3 * x for x in xs]) == pytest.approx(1.0)
+    assert loglog_slope(xs, [x * x for x in xs]) == pytest.approx(2.0)
+
+
+def test_bench_mamba2_runs_end_to_end(capsys):
+    from dimba.eval import bench_mamba2
+    bench_mamba2.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "| fwd | fp32 |" in out and "log-log slope" in out

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from dimba.eval.timing import machine_description, median_seconds
+from dimba.eval.timing import loglog_slope, machine_description, median_seconds
 from dimba.models.mamba2 import Mamba2
 
 
@@ -95,11 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {length} | {t * 1e3:.1f} | {length / t:,.0f} |")
         length *= 2
     if len(lengths) > 1:
-        lx = [math.log(v) for v in lengths]
-        ly = [math.log(v) for v in times]
-        mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-        slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
-        print(f"\nlog-log slope of time against L: {slope:.2f} (1.0 = linear)")
+        print(f"\nlog-log slope of time against L: {loglog_slope(lengths, times):.2f} (1.0 = linear)")
 
 
 if __name__ == "__main__":

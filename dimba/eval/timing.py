@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -37,3 +38,10 @@ def machine_description(device: torch.device | str = "cpu") -> str:
     else:
         hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     return f"{hw}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log(y) against log(x): 1 for linear growth, 2 for quadratic."""
+    lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)

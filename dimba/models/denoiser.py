@@ -1,0 +1,109 @@
+"""The DIMBA denoiser: (x_t, t, prompt, self-conditioning) -> token logits and x0_hat.
+
+Embeddings E (vocab x d_embed), optionally normalised to norm sqrt(d_embed) per row so that every
+coordinate has unit scale against unit noise and the schedule's SNR means what it says. The output
+projection is tied to E: logits = h W_out E^T. x0_hat is either the regression output h W_out ("direct",
+the paper) or the expected embedding under the predicted token distribution, softmax(logits) E
+("softmax", CDCD / Plaid score interpolation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dimba.models.blocks import MambaBlock, RMSNorm
+from dimba.models.conditioning import PromptEncoder, TimestepEmbedding
+
+X0_PARAMS = ("softmax", "direct")
+
+
+class DimbaDenoiser(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        d_embed: int = 64,
+        d_model: int = 256,
+        n_layers: int = 4,
+        d_state: int = 64,
+        headdim: int = 64,
+        expand: int = 2,
+        chunk_size: int = 64,
+        mlp_ratio: float = 0.0,
+        conditioning: str = "film",
+        combine: str = "sum",
+        prompt_encoder: str = "mlp",
+        embed_norm: bool = True,
+        x0_param: str = "softmax",
+        self_conditioning: bool = True,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        if x0_param not in X0_PARAMS:
+            raise ValueError(f"x0_param must be one of {X0_PARAMS}, got {x0_param!r}")
+        if prompt_encoder not in ("mlp", "frozen"):
+            raise ValueError(f"prompt_encoder must be 'mlp' or 'frozen', got {prompt_encoder!r}")
+        self.d_embed, self.embed_norm, self.x0_param = d_embed, embed_norm, x0_param
+        self.self_conditioning = self_conditioning
+        self.embedding = nn.Embedding(vocab_size, d_embed)
+        nn.init.normal_(self.embedding.weight)  # unit variance per coordinate, like the noise
+        # Stands in for prompt tokens when the prompt is dropped (classifier-free guidance).
+        self.null_token = nn.Parameter(torch.zeros(d_embed))
+        self.in_proj = nn.Linear(d_embed * (2 if self_conditioning else 1), d_model)
+        self.position_kind = nn.Embedding(2, d_model)  # 0: noised position, 1: clean prompt position
+        self.time_embed = TimestepEmbedding(d_model)
+        self.prompt_encoder = PromptEncoder(d_embed, d_model, frozen=prompt_encoder == "frozen")
+        mamba = dict(d_state=d_state, headdim=headdim, expand=expand, chunk_size=chunk_size, impl=impl)
+        self.blocks = nn.ModuleList(
+            MambaBlock(d_model, d_cond=d_model, conditioning=conditioning, bidirectional=True,
+                       mlp_ratio=mlp_ratio, combine=combine, layer_idx=i, **mamba)
+            for i in range(n_layers))
+        self.norm_f = RMSNorm(d_model)
+        self.out_proj = nn.Linear(d_model, d_embed)
+
+    def embedding_table(self) -> Tensor:
+        """E as used everywhere (inputs, targets, tied output): (vocab, d_embed), fp32."""
+        table = self.embedding.weight.float()
+        if self.embed_norm:
+            table = F.normalize(table, dim=-1) * math.sqrt(self.d_embed)
+        return table
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """(B, L) token ids -> (B, L, d_embed) clean embeddings x0."""
+        return F.embedding(tokens, self.embedding_table())
+
+    def forward(self, x_t: Tensor, t: Tensor, prompt_tokens: Tensor, prompt_mask: Tensor,
+                self_cond: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """
+        Args:
+            x_t: (B, L, d_embed) noised embeddings (values at prompt positions are ignored).
+            t: (B,) diffusion time in [0, 1].
+            prompt_tokens: (B, L) token ids, read at prompt positions only.
+            prompt_mask: (B, L) bool, True where the token is a given (clean) prompt token.
+            self_cond: (B, L, d_embed) previous x0 estimate, or None (zeros).
+            drop_prompt: (B,) bool, True to hide the prompt (classifier-free guidance's unconditional branch).
+        Returns:
+            logits: (B, L, vocab) fp32 scores of the tied output projection.
+            x0_hat: (B, L, d_embed) fp32 estimate of the clean embeddings.
+        """
+        table = self.embedding_table()
+        clean = F.embedding(prompt_tokens, table)  # (B, L, De)
+        if drop_prompt is not None:
+            hidden = drop_prompt[:, None, None] & prompt_mask[..., None]
+            clean = torch.where(hidden, self.null_token.float().expand_as(clean), clean)
+        cond_mask = prompt_mask if drop_prompt is None else prompt_mask & ~drop_prompt[:, None]
+        x_in = torch.where(prompt_mask[..., None], clean, x_t.float())
+        if self.self_conditioning:
+            sc = torch.zeros_like(x_in) if self_cond is None else self_cond.float()
+            x_in = torch.cat([x_in, sc.masked_fill(prompt_mask[..., None], 0.0)], dim=-1)
+        h = self.in_proj(x_in) + self.position_kind(prompt_mask.long())  # (B, L, D)
+        c = self.time_embed(t) + self.prompt_encoder(clean, cond_mask)  # (B, D)
+        for block in self.blocks:
+            h = block(h, c)
+        out = self.out_proj(self.norm_f(h)).float()  # (B, L, De)
+        logits = out @ table.t()  # (B, L, V), fp32: the softmax over a large vocabulary needs the range
+        x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
+        return logits, x0_hat
