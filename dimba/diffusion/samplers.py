@@ -17,6 +17,7 @@ from torch import Tensor
 
 from dimba.diffusion.schedules import NoiseSchedule
 from dimba.diffusion.time_warp import TimeWarp
+from dimba.models.mamba2 import upcast
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -45,10 +46,16 @@ class DDIMSampler:
 
     def step(self, x_t: Tensor, x0_hat: Tensor, t: float, t_prev: float,
              generator: torch.Generator | None = None) -> Tensor:
-        """x_t, x0_hat: (B, L, D) -> x_{t_prev} (B, L, D), computed in fp32."""
+        """x_t, x0_hat: (B, L, D) -> x_{t_prev} (B, L, D), computed in fp32.
+
+        The step to t_prev = 0 returns x0_hat itself: the paper's cosine formula (without dividing by its
+        value at 0) leaves abar(0) = 0.99984, and a final sample should carry no noise (DDIM's abar_0 = 1).
+        """
+        if t_prev <= 0:
+            return upcast(x0_hat)
         abar_t = self.schedule.alpha_bar(torch.tensor(t, dtype=torch.float64))
         abar_prev = self.schedule.alpha_bar(torch.tensor(t_prev, dtype=torch.float64))
-        x_t, x0_hat = x_t.float(), x0_hat.float()
+        x_t, x0_hat = upcast(x_t), upcast(x0_hat)
         eps_hat = (x_t - abar_t.sqrt() * x0_hat) / (1 - abar_t).sqrt()
         sigma = self.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
         direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()

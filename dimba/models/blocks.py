@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dimba.models.bidirectional import BidirectionalMamba2
-from dimba.models.mamba2 import Mamba2
+from dimba.models.mamba2 import Mamba2, upcast
 
 CONDITIONINGS = ("film", "additive")
 
@@ -22,8 +22,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        x32 = upcast(x)
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * upcast(self.weight)
         return y.to(x.dtype)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from dimba.models.blocks import MambaBlock, RMSNorm
 from dimba.models.conditioning import PromptEncoder, TimestepEmbedding
+from dimba.models.mamba2 import upcast
 
 X0_PARAMS = ("softmax", "direct")
 
@@ -66,7 +67,7 @@ class DimbaDenoiser(nn.Module):
 
     def embedding_table(self) -> Tensor:
         """E as used everywhere (inputs, targets, tied output): (vocab, d_embed), fp32."""
-        table = self.embedding.weight.float()
+        table = upcast(self.embedding.weight)
         if self.embed_norm:
             table = F.normalize(table, dim=-1) * math.sqrt(self.d_embed)
         return table
@@ -93,17 +94,17 @@ class DimbaDenoiser(nn.Module):
         clean = F.embedding(prompt_tokens, table)  # (B, L, De)
         if drop_prompt is not None:
             hidden = drop_prompt[:, None, None] & prompt_mask[..., None]
-            clean = torch.where(hidden, self.null_token.float().expand_as(clean), clean)
+            clean = torch.where(hidden, self.null_token.to(clean.dtype).expand_as(clean), clean)
         cond_mask = prompt_mask if drop_prompt is None else prompt_mask & ~drop_prompt[:, None]
-        x_in = torch.where(prompt_mask[..., None], clean, x_t.float())
+        x_in = torch.where(prompt_mask[..., None], clean, x_t.to(clean.dtype))
         if self.self_conditioning:
-            sc = torch.zeros_like(x_in) if self_cond is None else self_cond.float()
+            sc = torch.zeros_like(x_in) if self_cond is None else self_cond.to(x_in.dtype)
             x_in = torch.cat([x_in, sc.masked_fill(prompt_mask[..., None], 0.0)], dim=-1)
-        h = self.in_proj(x_in) + self.position_kind(prompt_mask.long())  # (B, L, D)
+        h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(prompt_mask.long())  # (B, L, D)
         c = self.time_embed(t) + self.prompt_encoder(clean, cond_mask)  # (B, D)
         for block in self.blocks:
             h = block(h, c)
-        out = self.out_proj(self.norm_f(h)).float()  # (B, L, De)
+        out = upcast(self.out_proj(self.norm_f(h)))  # (B, L, De)
         logits = out @ table.t()  # (B, L, V), fp32: the softmax over a large vocabulary needs the range
         x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
         return logits, x0_hat

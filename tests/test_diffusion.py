@@ -1,0 +1,167 @@
+"""Schedules, samplers, the time warp and token sampling against closed forms and oracles."""
+
+import math
+
+import pytest
+import torch
+
+from dimba.diffusion.generate import SamplingConfig, reverse_diffusion
+from dimba.diffusion.losses import diffusion_loss
+from dimba.diffusion.samplers import DDIMSampler
+from dimba.diffusion.schedules import NoiseSchedule
+from dimba.diffusion.time_warp import TimeWarp
+from dimba.sampling import sample_tokens
+
+
+def test_cosine_schedule_is_the_papers_formula():
+    sched = NoiseSchedule("cosine")
+    for t in (0.0, 0.1, 0.37, 0.5, 0.9):
+        expected = math.cos(((t + 0.008) / 1.008) * math.pi / 2) ** 2
+        assert sched.alpha_bar(torch.tensor(t, dtype=torch.float64)).item() == pytest.approx(expected, rel=1e-12)
+    T = 50
+    betas = sched.betas(T)
+    abar = [math.cos(((k / T + 0.008) / 1.008) * math.pi / 2) ** 2 for k in range(T + 1)]
+    for k in (1, 10, 25, 49):
+        assert betas[k - 1].item() == pytest.approx(1 - abar[k] / abar[k - 1], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["cosine", "sqrt", "linear"])
+def test_schedules_decrease_from_one_to_zero(name):
+    abar = NoiseSchedule(name).alpha_bar(torch.linspace(0, 1, 101, dtype=torch.float64))
+    assert abar[0] > 0.98 and abar[-1] < 0.01
+    assert (abar[1:] <= abar[:-1]).all()
+
+
+def test_log_snr_shift_is_noise_scaling():
+    base, shifted = NoiseSchedule("cosine"), NoiseSchedule("cosine", log_snr_shift=-2 * math.log(4))
+    t = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    # x_t = sqrt(abar) x0 + sqrt(1-abar) eps with x0 scaled by 1/4 has SNR / 16.
+    snr = base.alpha_bar(t) / (1 - base.alpha_bar(t)) / 16
+    torch.testing.assert_close(shifted.alpha_bar(t), snr / (1 + snr))
+
+
+def test_q_sample_moments():
+    sched = NoiseSchedule("cosine")
+    x0 = torch.randn(1, 1, 8).expand(20000, 1, 8)
+    t = torch.full((20000,), 0.6)
+    xt = sched.q_sample(x0, t, torch.randn_like(x0))
+    abar = sched.alpha_bar(torch.tensor(0.6)).item()
+    torch.testing.assert_close(xt.mean(0), math.sqrt(abar) * x0[0], atol=0.03, rtol=0)
+    torch.testing.assert_close(xt.var(0), torch.full_like(x0[0], 1 - abar), atol=0.03, rtol=0)
+
+
+def test_ddim_eta_one_is_the_ddpm_posterior():
+    sched = NoiseSchedule("cosine")
+    sampler = DDIMSampler.named("ddpm", sched)
+    x_t, x0 = torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
+    t, t_prev = 0.7, 0.6
+    gen = torch.Generator().manual_seed(3)
+    got = sampler.step(x_t, x0, t, t_prev, gen)
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3))
+    abar_t = sched.alpha_bar(torch.tensor(t, dtype=torch.float64))
+    abar_p = sched.alpha_bar(torch.tensor(t_prev, dtype=torch.float64))
+    alpha = abar_t / abar_p
+    beta = 1 - alpha
+    # Ho et al. 2020, eqs. 6-7
+    mean = abar_p.sqrt() * beta / (1 - abar_t) * x0 + alpha.sqrt() * (1 - abar_p) / (1 - abar_t) * x_t
+    var = (1 - abar_p) / (1 - abar_t) * beta
+    torch.testing.assert_close(got.double(), mean + var.sqrt() * z, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_with_oracle_x0_returns_x0():
+    sched = NoiseSchedule("cosine")
+    sampler = DDIMSampler(sched, eta=0.0)
+    x0 = torch.randn(3, 7, 4)
+    x = torch.randn(3, 7, 4)
+    times = sampler.timesteps(10)
+    for i in range(10):
+        x = sampler.step(x, x0, float(times[i]), float(times[i + 1]))
+    torch.testing.assert_close(x, x0, atol=1e-4, rtol=1e-4)
+
+
+def test_timesteps_cover_one_to_zero_and_follow_the_warp():
+    sampler = DDIMSampler(NoiseSchedule())
+    ts = sampler.timesteps(8)
+    assert ts[0] == 1 and ts[-1] == 0 and len(ts) == 9 and (ts[1:] < ts[:-1]).all()
+    warp = TimeWarp(num_bins=20, uniform_mix=0.0)
+    t = torch.linspace(0.001, 0.999, 2000)
+    warp.update(t, torch.sigmoid((t - 0.8) * 40) * 6)  # CE rises sharply around t = 0.8
+    warped = sampler.timesteps(8, warp)
+    assert warped[0] == pytest.approx(1.0) and warped[-1] == pytest.approx(0.0)
+    inner = warped[1:-1]
+    assert ((inner > 0.65) & (inner < 0.95)).float().mean() > 0.8, warped
+
+
+def test_time_warp_samples_where_the_loss_rises_and_round_trips():
+    warp = TimeWarp(num_bins=32, uniform_mix=0.1)
+    u = torch.rand(4000)
+    assert warp.warp(u).sub(u).abs().max() < 1e-6  # uniform until every bin has data
+    t = torch.rand(5000)
+    warp.update(t, torch.sigmoid((t - 0.8) * 40) * 6)
+    assert warp.ready
+    samples = warp.warp(torch.rand(4000))
+    share = ((samples > 0.7) & (samples < 0.9)).float().mean().item()
+    assert share > 0.7  # uniform t would give 0.2
+    assert samples.min() >= 0 and samples.max() <= 1
+    clone = TimeWarp()
+    clone.load_state_dict(warp.state_dict())
+    u = torch.rand(100)
+    torch.testing.assert_close(clone.warp(u), warp.warp(u))
+
+
+def _toy_denoise(cond_x0, uncond_x0, calls):
+    def denoise(x, t, self_cond, drop):
+        calls.append(drop is not None)
+        x0 = uncond_x0 if drop is not None else cond_x0
+        logits = torch.stack([-(x0 - v).pow(2).sum(-1) for v in TABLE], dim=-1)
+        return logits, x0
+    return denoise
+
+
+TABLE = torch.eye(4) * 2
+
+
+def test_guidance_scale_one_is_conditional_and_zero_is_unconditional():
+    sampler = DDIMSampler(NoiseSchedule())
+    cond = TABLE[torch.tensor([[0, 1, 2]])]
+    uncond = TABLE[torch.tensor([[3, 3, 3]])]
+    for g, expected, uses_uncond in ((1.0, [0, 1, 2], False), (0.0, [3, 3, 3], True)):
+        calls = []
+        tokens, _ = reverse_diffusion(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4), TABLE,
+                                      SamplingConfig(steps=5, guidance=g, temperature=0, seed=0))
+        assert tokens.tolist() == [expected]
+        assert any(calls) == uses_uncond
+
+
+def test_reverse_diffusion_with_oracle_denoiser_and_trajectory():
+    sampler = DDIMSampler.named("ddpm", NoiseSchedule())
+    target = TABLE[torch.tensor([[2, 0, 1, 3]])]
+    tokens, traj = reverse_diffusion(_toy_denoise(target, target, []), sampler, (1, 4, 4), TABLE,
+                                     SamplingConfig(steps=6, temperature=0, seed=0, clamp_from=0.5),
+                                     record_trajectory=True)
+    assert tokens.tolist() == [[2, 0, 1, 3]] and len(traj) == 6
+
+
+def test_sample_tokens_temperature_zero_and_top_p():
+    logits = torch.tensor([[4.0, 3.0, 0.0, -1.0]]).expand(5000, 4)
+    assert (sample_tokens(logits, temperature=0) == 0).all()
+    p = torch.softmax(logits[0], -1)
+    nucleus = int((p.cumsum(0) - p < 0.9).sum())  # tokens needed to reach 0.9
+    drawn = sample_tokens(logits, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.unique().tolist()) == set(range(nucleus))
+    with pytest.raises(ValueError):
+        sample_tokens(logits, top_p=0.0)
+
+
+def test_losses_only_count_masked_positions():
+    logits = torch.zeros(1, 3, 5)
+    logits[0, 0, 2] = 10.0  # position 0 right
+    tokens = torch.tensor([[2, 4, 4]])
+    x0 = torch.zeros(1, 3, 2)
+    x0_hat = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]])
+    only_first = diffusion_loss(logits, x0_hat, x0, tokens, torch.tensor([[True, False, False]]))
+    assert only_first.mse.item() == 0 and only_first.accuracy.item() == 1
+    last_two = diffusion_loss(logits, x0_hat, x0, tokens, torch.tensor([[False, True, True]]))
+    assert last_two.mse.item() == pytest.approx((1 + 4) / 2)
+    assert last_two.ce.item() == pytest.approx(math.log(5))
+    assert last_two.total.item() == pytest.approx(2.5 + math.log(5))
