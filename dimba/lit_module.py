@@ -6,11 +6,13 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from dimba.data.tokenizer import Tokenizer
 from dimba.diffusion.generate import SamplingConfig, reverse_diffusion
 from dimba.diffusion.losses import diffusion_loss
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.diffusion.schedules import NoiseSchedule
 from dimba.diffusion.time_warp import TimeWarp
+from dimba.errors import DimbaError
 from dimba.models.denoiser import DimbaDenoiser
 from dimba.optim import param_groups, warmup_cosine
 
@@ -87,7 +89,7 @@ class DimbaLM(L.LightningModule):
                                  self_conditioning=self_conditioning, impl=impl)
         self.schedule = NoiseSchedule(schedule, log_snr_shift=log_snr_shift)
         self.warp = TimeWarp() if time_warp else None
-        self.tokenizer_json: str | None = None  # set from the data module; travels with checkpoints
+        self.tokenizer: Tokenizer | None = None  # from the data module; travels with every checkpoint
 
     # ------------------------------------------------------------------ training
     def sample_times(self, batch: int) -> Tensor:
@@ -153,17 +155,35 @@ class DimbaLM(L.LightningModule):
         sched = warmup_cosine(opt, hp.warmup_steps, total, hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "tokenizer"):
+            tokenizer = datamodule.tokenizer
+            if tokenizer.vocab_size != self.hparams.vocab_size:
+                raise DimbaError(f"the data's vocabulary has {tokenizer.vocab_size} tokens but the model "
+                                 f"was built for {self.hparams.vocab_size}")
+            self.tokenizer = tokenizer
+
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.warp is not None:
             checkpoint["time_warp"] = self.warp.state_dict()
-        if self.tokenizer_json is not None:
-            checkpoint["tokenizer_json"] = self.tokenizer_json
+        if self.tokenizer is not None:
+            checkpoint["tokenizer_json"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.warp is not None and "time_warp" in checkpoint:
             self.warp.load_state_dict(checkpoint["time_warp"])
-        self.tokenizer_json = checkpoint.get("tokenizer_json")
+        saved = checkpoint.get("tokenizer_json")
+        if not saved:
+            return
+        saved = Tokenizer.from_str(saved)
+        # Resuming `fit` (or `validate`) on other data: setup() already took the data module's tokenizer.
+        if self.tokenizer is not None and self.tokenizer.fingerprint != saved.fingerprint:
+            raise DimbaError(f"the checkpoint was trained with another tokenizer (vocabulary {saved.vocab_size}, "
+                             f"this data's: {self.tokenizer.vocab_size}); use the corpus and vocab_size (or "
+                             "tokenizer_path) of the run that wrote it")
+        self.tokenizer = saved
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

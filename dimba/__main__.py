@@ -1,0 +1,3 @@
+from dimba.cli import main
+
+main()

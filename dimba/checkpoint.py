@@ -1,0 +1,41 @@
+"""Loading a DIMBA checkpoint for sampling: any device, any saved precision, with clear errors."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from dimba.errors import DimbaError
+from dimba.lit_module import DimbaLM
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> DimbaLM:
+    """The model of a checkpoint written by `dimba fit` (EMA weights when EMA was on), in fp32, in eval
+    mode, on `device`, with its tokenizer and time warp."""
+    path = Path(path)
+    if not path.is_file():
+        raise DimbaError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).strip().split(". ")[0]
+        raise DimbaError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise DimbaError(f"{path} is not a DIMBA training checkpoint (no state_dict / hyper_parameters)")
+    if not ckpt.get("tokenizer_json"):
+        raise DimbaError(f"{path} carries no tokenizer; it was not written by `dimba fit`")
+    try:
+        # LightningCLI adds private keys (_instantiator, _class_path) beside the constructor's arguments.
+        accepted = inspect.signature(DimbaLM.__init__).parameters
+        model = DimbaLM(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted})
+        # Parameters saved in bf16 (or on a GPU) are cast to this model's fp32 copies on load.
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise DimbaError(f"{path} does not match this version's DIMBA model: {first}") from None
+    model.on_load_checkpoint(ckpt)
+    return model.float().to(device).eval()

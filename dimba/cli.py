@@ -1,0 +1,54 @@
+"""The `dimba` command: LightningCLI for fit / validate / test, and a sampling `predict`.
+
+    dimba fit --config configs/base.yaml
+    dimba predict --ckpt_path runs/base/checkpoints/last.ckpt --prompt "ROMEO:"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from dimba.errors import DimbaError
+
+
+class DimbaCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Values that flow from data to model: the block length at parse time, the vocabulary size once
+        # the data module has its tokenizer (a trained BPE can come out smaller than asked for).
+        parser.link_arguments("data.seq_len", "model.seq_len")
+        parser.link_arguments("data", "model.vocab_size", compute_fn=lambda data: data.vocab_size,
+                              apply_on="instantiate")
+
+
+def run_lightning(argv: list[str] | None) -> None:
+    from dimba.data.datamodule import TextDataModule
+    from dimba.lit_module import DimbaLM
+
+    DimbaCLI(DimbaLM, TextDataModule, args=argv, save_config_kwargs={"overwrite": True})
+
+
+def main(argv: list[str] | None = None) -> None:
+    lightning_args = argv  # None: LightningCLI reads sys.argv itself (and says so in --help)
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see NOTES: busy-waiting threads on shared CPUs
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if argv and argv[0] == "predict":
+            from dimba.predict import main as predict_main
+            predict_main(argv[1:])
+        else:
+            run_lightning(lightning_args)
+    except DimbaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""TextDataModule: corpus -> byte-level BPE -> fixed-length packed blocks of token ids.
+
+Documents are tokenised once (`datasets.map`, multi-process), joined with end-of-sequence separators and
+cut into blocks of seq_len tokens, cached on disk under a key of (source, tokenizer, seq_len, split). The
+train/validation split is by document (the last `val_fraction` of them; a single document is split at a
+character position), so it is deterministic. Under DDP, Lightning's distributed sampler gives each rank its
+own shard of the training blocks; a streamed corpus is sharded with `split_dataset_by_node`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from dimba.data.shakespeare import cache_dir as default_cache_dir
+from dimba.data.sources import Source, load_documents, resolve_source
+from dimba.data.tokenizer import Tokenizer, iter_texts
+from dimba.errors import DimbaError
+
+log = logging.getLogger(__name__)
+
+
+class BlockDataset(Dataset):
+    """Rows of a (n_blocks, seq_len) int32 array as int64 tensors."""
+
+    def __init__(self, blocks: np.ndarray):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.blocks[i].astype(np.int64))
+
+
+class StreamingBlocks(IterableDataset):
+    """Packs a streamed corpus into blocks on the fly; each rank (and data-loader worker) reads its shard."""
+
+    def __init__(self, docs, tokenizer: Tokenizer, seq_len: int, rank: int, world_size: int):
+        self.docs, self.tokenizer, self.seq_len = docs, tokenizer, seq_len
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        from datasets.distributed import split_dataset_by_node
+
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        shard = split_dataset_by_node(self.docs, rank=self.rank * workers + worker,
+                                      world_size=self.world_size * workers)
+        buffer: list[int] = []
+        for doc in shard:
+            buffer.extend(self.tokenizer.encode(doc["text"]) + [self.tokenizer.eos_id])
+            while len(buffer) >= self.seq_len:
+                yield torch.tensor(buffer[:self.seq_len], dtype=torch.long)
+                buffer = buffer[self.seq_len:]
+
+
+def pack(token_lists, eos_id: int, seq_len: int) -> np.ndarray:
+    """Join documents with EOS separators and cut into (n_blocks, seq_len) int32; the remainder is dropped."""
+    total = sum(len(ids) + 1 for ids in token_lists)
+    flat = np.empty(total, dtype=np.int32)
+    pos = 0
+    for ids in token_lists:
+        flat[pos:pos + len(ids)] = ids
+        flat[pos + len(ids)] = eos_id
+        pos += len(ids) + 1
+    n = total // seq_len
+    return flat[:n * seq_len].reshape(n, seq_len)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    tmp.replace(path)
+
+
+class TextDataModule(L.LightningDataModule):
+    """
+    Args:
+        source: the corpus. None or "shakespeare": the embedded corpus; a file, folder or glob of
+            .txt/.md (one document per file), .jsonl/.json, .parquet or .csv; otherwise a hub dataset name.
+        text_column: the column holding the text (JSONL / Parquet / CSV / hub).
+        hub_config, hub_split: the hub dataset's configuration and split.
+        streaming: stream the corpus instead of tokenising it to disk (for corpora that do not fit).
+        tokenizer_path: a tokenizer.json to use; None trains a byte-level BPE on the training split.
+        vocab_size: size of the BPE vocabulary to train (ignored with tokenizer_path).
+        seq_len: tokens per training block.
+        batch_size: blocks per batch (per device).
+        val_fraction: share of documents held out for validation.
+        num_workers: data-loader worker processes. num_proc: processes for tokenisation.
+        cache_dir: where tokenizers and packed blocks are cached ($DIMBA_CACHE or ~/.cache/dimba).
+        tokenizer_train_chars: at most this many characters of text train the tokenizer.
+        val_stream_docs: with streaming, this many documents at the start form the validation set.
+    """
+
+    def __init__(self, source: str | None = None, text_column: str = "text", hub_config: str | None = None,
+                 hub_split: str = "train", streaming: bool = False, tokenizer_path: str | None = None,
+                 vocab_size: int = 4096, seq_len: int = 128, batch_size: int = 32, val_fraction: float = 0.05,
+                 num_workers: int = 0, num_proc: int = 1, cache_dir: str | None = None,
+                 tokenizer_train_chars: int = 50_000_000, val_stream_docs: int = 200):
+        super().__init__()
+        if seq_len < 2:
+            raise DimbaError(f"seq_len must be at least 2, got {seq_len}")
+        if not 0 < val_fraction < 1:
+            raise DimbaError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.save_hyperparameters()
+        self.cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self._source: Source | None = None
+        self._tokenizer: Tokenizer | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    # ---------------------------------------------------------------- corpus and tokenizer (lazy)
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            hp = self.hparams
+            self._source = resolve_source(hp.source, hp.hub_config, hp.hub_split)
+        return self._source
+
+    @property
+    def _corpus_key(self) -> str:
+        """What decides the documents of each split: the files (or hub address), the column, the split."""
+        hp = self.hparams
+        return f"{self.source.fingerprint}|{hp.text_column}|{hp.val_fraction}|{hp.streaming}"
+
+    def _split_documents(self):
+        """(train texts dataset, val texts dataset) for map-style corpora."""
+        docs = load_documents(self.source, self.hparams.text_column)
+        docs = docs.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+        if len(docs) == 0:
+            raise DimbaError(f"the corpus {self.source.name!r} is empty (no non-blank text)")
+        if len(docs) == 1:
+            text = docs[0]["text"]
+            cut = int(len(text) * (1 - self.hparams.val_fraction))
+            import datasets
+            return datasets.Dataset.from_dict({"text": [text[:cut]]}), datasets.Dataset.from_dict({"text": [text[cut:]]})
+        n_val = max(1, round(self.hparams.val_fraction * len(docs)))
+        return docs.select(range(len(docs) - n_val)), docs.select(range(len(docs) - n_val, len(docs)))
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = self._load_or_train_tokenizer()
+        return self._tokenizer
+
+    def _load_or_train_tokenizer(self) -> Tokenizer:
+        hp = self.hparams
+        if hp.tokenizer_path:
+            return Tokenizer.from_file(hp.tokenizer_path)
+        key = hashlib.sha256(f"{self._corpus_key}|{hp.vocab_size}|{hp.tokenizer_train_chars}".encode()).hexdigest()[:16]
+        path = self.cache / "tokenizers" / f"bpe{hp.vocab_size}-{key}.json"
+        if path.exists():
+            return Tokenizer.from_file(path)
+        if hp.streaming:
+            texts = (d["text"] for d in load_documents(self.source, hp.text_column, streaming=True))
+        else:
+            texts = self._split_documents()[0]["text"]
+        log.info("training a byte-level BPE tokenizer (vocab %d) on %s", hp.vocab_size, self.source.name)
+        tokenizer = Tokenizer.train(iter_texts(texts, hp.tokenizer_train_chars), hp.vocab_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(path)
+        return tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    # ---------------------------------------------------------------- packed blocks (cached)
+    def _cache_paths(self) -> dict[str, Path]:
+        hp = self.hparams
+        key = hashlib.sha256(f"{self._corpus_key}|{self.tokenizer.fingerprint}|{hp.seq_len}".encode()).hexdigest()[:16]
+        folder = self.cache / "packed"
+        return {split: folder / f"{key}-{split}.npy" for split in ("train", "val")}
+
+    def prepare_data(self) -> None:
+        """Tokenise and pack once (rank 0 of each node); later runs read the cache."""
+        if self.hparams.streaming:
+            return
+        paths = self._cache_paths()
+        if all(p.exists() for p in paths.values()):
+            return
+        tok, hp = self.tokenizer, self.hparams
+        for split, docs in zip(("train", "val"), self._split_documents(), strict=True):
+            ids = docs.map(lambda b: {"ids": tok.encode_batch(b["text"])}, batched=True, remove_columns=["text"],
+                           num_proc=hp.num_proc if len(docs) >= 2 * hp.num_proc else None)
+            blocks = pack(ids["ids"], tok.eos_id, hp.seq_len)
+            if len(blocks) == 0:
+                raise DimbaError(f"the {split} split of {self.source.name!r} has fewer than seq_len = "
+                                 f"{hp.seq_len} tokens; use a larger corpus or a smaller seq_len")
+            paths[split].parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save_npy(paths[split], blocks)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        if hp.streaming:
+            docs = load_documents(self.source, hp.text_column, streaming=True)
+            rank = self.trainer.global_rank if self.trainer else 0
+            world = self.trainer.world_size if self.trainer else 1
+            self.val_set = StreamingBlocks(docs.take(hp.val_stream_docs), self.tokenizer, hp.seq_len, 0, 1)
+            self.train_set = StreamingBlocks(docs.skip(hp.val_stream_docs), self.tokenizer, hp.seq_len, rank, world)
+            return
+        paths = self._cache_paths()
+        if not all(p.exists() for p in paths.values()):
+            self.prepare_data()
+        self.train_set = BlockDataset(np.load(paths["train"], mmap_mode="r"))
+        self.val_set = BlockDataset(np.load(paths["val"], mmap_mode="r"))
+        log.info("data: %d train / %d val blocks of %d tokens", len(self.train_set), len(self.val_set), hp.seq_len)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=shuffle and not hp.streaming,
+                          num_workers=hp.num_workers, drop_last=shuffle, persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
