@@ -24,11 +24,23 @@ class DimbaCLI(LightningCLI):
                               apply_on="instantiate")
 
 
+def find_user_error(err: BaseException) -> DimbaError | None:
+    """The DimbaError behind err, if any: jsonargparse re-raises errors of link functions as ValueError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, DimbaError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_lightning(argv: list[str] | None) -> None:
     from dimba.data.datamodule import TextDataModule
     from dimba.lit_module import DimbaLM
 
-    DimbaCLI(DimbaLM, TextDataModule, args=argv, save_config_kwargs={"overwrite": True})
+    DimbaCLI(DimbaLM, TextDataModule, args=argv, save_config_kwargs={"overwrite": True},
+             parser_kwargs={"prog": "dimba"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,8 +54,11 @@ def main(argv: list[str] | None = None) -> None:
             predict_main(argv[1:])
         else:
             run_lightning(lightning_args)
-    except DimbaError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

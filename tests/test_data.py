@@ -135,14 +135,14 @@ def test_tabular_sources_with_a_text_column(tmp_path, fmt):
     dm.setup("fit")
     assert len(dm.train_set) > 10
     with pytest.raises(DimbaError, match="no column 'text'"):
-        make_dm(path, text_column="text").vocab_size
+        _ = make_dm(path, text_column="text").vocab_size
 
 
 def test_empty_and_whitespace_corpora_fail_clearly(tmp_path):
     (tmp_path / "a.txt").write_text("")
     (tmp_path / "b.txt").write_text("   \n\t\n  ")
     with pytest.raises(DimbaError, match="is empty"):
-        make_dm(tmp_path / "*.txt").vocab_size
+        _ = make_dm(tmp_path / "*.txt").vocab_size
 
 
 def test_invalid_utf8_is_replaced_with_a_warning(tmp_path, caplog):

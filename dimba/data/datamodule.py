@@ -142,7 +142,8 @@ class TextDataModule(L.LightningDataModule):
             text = docs[0]["text"]
             cut = int(len(text) * (1 - self.hparams.val_fraction))
             import datasets
-            return datasets.Dataset.from_dict({"text": [text[:cut]]}), datasets.Dataset.from_dict({"text": [text[cut:]]})
+            return (datasets.Dataset.from_dict({"text": [text[:cut]]}),
+                    datasets.Dataset.from_dict({"text": [text[cut:]]}))
         n_val = max(1, round(self.hparams.val_fraction * len(docs)))
         return docs.select(range(len(docs) - n_val)), docs.select(range(len(docs) - n_val, len(docs)))
 
@@ -156,7 +157,8 @@ class TextDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.tokenizer_path:
             return Tokenizer.from_file(hp.tokenizer_path)
-        key = hashlib.sha256(f"{self._corpus_key}|{hp.vocab_size}|{hp.tokenizer_train_chars}".encode()).hexdigest()[:16]
+        key = f"{self._corpus_key}|{hp.vocab_size}|{hp.tokenizer_train_chars}"
+        key = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = self.cache / "tokenizers" / f"bpe{hp.vocab_size}-{key}.json"
         if path.exists():
             return Tokenizer.from_file(path)
@@ -177,7 +179,8 @@ class TextDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- packed blocks (cached)
     def _cache_paths(self) -> dict[str, Path]:
         hp = self.hparams
-        key = hashlib.sha256(f"{self._corpus_key}|{self.tokenizer.fingerprint}|{hp.seq_len}".encode()).hexdigest()[:16]
+        key = f"{self._corpus_key}|{self.tokenizer.fingerprint}|{hp.seq_len}"
+        key = hashlib.sha256(key.encode()).hexdigest()[:16]
         folder = self.cache / "packed"
         return {split: folder / f"{key}-{split}.npy" for split in ("train", "val")}
 

@@ -1,0 +1,191 @@
+"""The product as a user runs it: the `dimba` console script, in subprocesses, on local data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.corpus import write_text_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def dimba(*args, cwd, env_extra=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "dimba", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_text_corpus(root / "corpus")
+    os.environ["DIMBA_CACHE"] = str(root / "cache")
+    return root
+
+
+def fit_args(root, name, *extra):
+    return ["fit", "--config", CONFIGS / "base.yaml", "--config", CONFIGS / "tiny.yaml",
+            "--data.source", root / "corpus", "--trainer.default_root_dir", root / name,
+            "--trainer.logger.init_args.save_dir", root / name, *extra]
+
+
+def ckpt_dir(root, name):
+    """Checkpoints follow the logger: <save_dir>/<name>/checkpoints, with name "base" from base.yaml."""
+    return root / name / "base" / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    result = dimba(*fit_args(workdir, "run"), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = ckpt_dir(workdir, "run") / "last.ckpt"
+    assert ckpt.exists()
+    return ckpt
+
+
+def test_fit_writes_a_checkpoint_with_tokenizer_and_logs(trained, workdir):
+    import torch
+    ckpt = torch.load(trained, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert ckpt["tokenizer_json"] and "time_warp" in ckpt
+    assert "current_model_state" in ckpt  # EMA: state_dict holds the average, this the raw weights
+    events = list((workdir / "run").rglob("events.out.tfevents*"))
+    assert events
+
+
+def test_predict_prints_a_completion(trained, workdir):
+    result = dimba("predict", "--ckpt_path", trained, "--prompt", "The king", "--length", "8", "--steps", "4",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("The king") and len(result.stdout.strip()) > len("The king")
+
+
+def test_predict_writes_jsonl_and_resumes(trained, workdir):
+    prompts = workdir / "prompts.txt"
+    prompts.write_text("The king\n\nThou art\n")
+    out = workdir / "out" / "samples.jsonl"
+    args = ["predict", "--ckpt_path", trained, "--prompts", prompts, "--output", out, "--length", "6",
+            "--steps", "3", "--sampler", "ddpm", "--top_p", "0.9", "--guidance", "1.5", "--seed", "1"]
+    first = dimba(*args, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["The king", "", "Thou art"]
+    assert all(set(r) == {"prompt", "completion", "steps", "seconds"} and r["steps"] == 3 for r in rows)
+    with open(out, "a") as fh:  # an interrupted writer leaves a torn line behind
+        fh.write('{"prompt": "torn')
+    rows_before = out.read_text().splitlines()[:3]
+    again = dimba(*args, cwd=workdir)
+    assert again.returncode == 0 and "3 of 3 prompts already done" in again.stderr
+    assert out.read_text().splitlines() == rows_before
+
+
+def test_help_and_print_config(workdir):
+    assert "fit" in dimba("--help", cwd=workdir).stdout
+    result = dimba("fit", "--config", CONFIGS / "base.yaml", "--print_config", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
+    assert "--ckpt_path" in dimba("predict", "--help", cwd=workdir).stdout
+
+
+def every_config():
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        group = path.parent.name
+        if group in ("model", "data"):
+            yield path, ["--config", CONFIGS / "base.yaml", f"--{group}", path]
+        elif path.name != "base.yaml":
+            yield path, ["--config", CONFIGS / "base.yaml", "--config", path]
+        else:
+            yield path, ["--config", path]
+
+
+@pytest.mark.parametrize("path,args", list(every_config()), ids=lambda v: getattr(v, "name", ""))
+def test_every_shipped_config_parses(path, args, capsys):
+    from dimba.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *map(str, args), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "model:" in capsys.readouterr().out
+
+
+def test_bf16_mixed_on_cpu(workdir):
+    result = dimba(*fit_args(workdir, "bf16", "--trainer.precision", "bf16-mixed"), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (ckpt_dir(workdir, "bf16") / "last.ckpt").exists()
+
+
+def test_ddp_on_cpu_ranks_see_different_data(workdir):
+    record = workdir / "ddp_batches.jsonl"
+    result = dimba(*fit_args(workdir, "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                             "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
+                             "--trainer.callbacks+=tests.helpers.RecordBatches"),
+                   cwd=workdir, env_extra={"DIMBA_TEST_RECORD": str(record)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert rows[0]["batch"] != rows[1]["batch"]
+    assert sorted(p.name for p in ckpt_dir(workdir, "ddp").iterdir()) == ["last.ckpt"]
+
+
+# ------------------------------------------------------------------ bad input: one line, non-zero exit
+def assert_clean_failure(result, message):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_fit_on_a_missing_corpus(workdir):
+    args = fit_args(workdir, "bad")
+    args[args.index("--data.source") + 1] = workdir / "nowhere"
+    assert_clean_failure(dimba(*args, cwd=workdir), "error: corpus not found")
+
+
+def test_fit_on_an_empty_corpus(workdir):
+    (workdir / "empty").mkdir(exist_ok=True)
+    (workdir / "empty" / "a.txt").write_text("  \n")
+    args = fit_args(workdir, "bad")
+    args[args.index("--data.source") + 1] = workdir / "empty"
+    assert_clean_failure(dimba(*args, cwd=workdir), "is empty")
+
+
+def test_fit_with_a_missing_column(workdir):
+    (workdir / "c.jsonl").write_text(json.dumps({"body": "some text " * 50}) + "\n")
+    args = fit_args(workdir, "bad")
+    args[args.index("--data.source") + 1] = workdir / "c.jsonl"
+    assert_clean_failure(dimba(*args, cwd=workdir), "no column 'text'")
+
+
+def test_resume_with_another_tokenizer(trained, workdir):
+    args = fit_args(workdir, "other", "--data.vocab_size", "280", "--ckpt_path", trained)
+    assert_clean_failure(dimba(*args, cwd=workdir), "trained with another tokenizer")
+
+
+def test_predict_bad_inputs(trained, workdir):
+    assert_clean_failure(dimba("predict", "--ckpt_path", workdir / "none.ckpt", cwd=workdir), "checkpoint not found")
+    corrupt = workdir / "corrupt.ckpt"
+    corrupt.write_bytes(trained.read_bytes()[:4096])
+    assert_clean_failure(dimba("predict", "--ckpt_path", corrupt, cwd=workdir), "not a readable checkpoint")
+    long_prompt = "the king " * 100
+    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--prompt", long_prompt, cwd=workdir),
+                         "more than the model's context")
+    blocker = workdir / "a_file"
+    blocker.write_text("x")
+    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--output", blocker / "out.jsonl", cwd=workdir),
+                         "cannot write to")
+    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--top_p", "0", cwd=workdir), "top_p")
+
+
+def test_predict_reads_non_utf8_prompts_with_a_warning(trained, workdir):
+    prompts = workdir / "latin1.txt"
+    prompts.write_bytes("caf\xe9 king\n".encode("latin-1"))
+    result = dimba("predict", "--ckpt_path", trained, "--prompts", prompts, "--length", "4", "--steps", "2",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "not valid UTF-8" in result.stderr and result.stdout.startswith("caf\ufffd king")
