@@ -4,6 +4,9 @@ CONFIG ?= configs/base.yaml
 CKPT ?= runs/base/checkpoints/last.ckpt
 PROMPT ?= ROMEO:
 IMAGE ?= dimba:latest
+# What `make docker-train` runs: the GPU recipe stacked on the base config (override to choose another).
+DOCKER_CONFIG ?= --config configs/base.yaml --config configs/gpu/ddp-bf16.yaml \
+  --model configs/model/base-100m.yaml --data configs/data/tinystories.yaml
 DATA_DIR ?= $(CURDIR)/data_cache
 RUNS_DIR ?= $(CURDIR)/runs
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
@@ -53,4 +56,4 @@ docker-build:
 docker-train:
 	docker run --rm --gpus all --ipc=host \
 	  -v $(DATA_DIR):/workspace/data_cache -v $(RUNS_DIR):/workspace/runs \
-	  $(IMAGE) fit --config $(CONFIG)
+	  $(IMAGE) fit $(DOCKER_CONFIG)

@@ -10,12 +10,16 @@ from pathlib import Path
 import torch
 
 from dimba.errors import DimbaError
+from dimba.lit_ar import ARLM
+from dimba.lit_base import LanguageModelBase
 from dimba.lit_module import DimbaLM
 
+MODEL_CLASSES = {"dimba.lit_module.DimbaLM": DimbaLM, "dimba.lit_ar.ARLM": ARLM}
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> DimbaLM:
-    """The model of a checkpoint written by `dimba fit` (EMA weights when EMA was on), in fp32, in eval
-    mode, on `device`, with its tokenizer and time warp."""
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> LanguageModelBase:
+    """The model of a checkpoint written by `dimba fit` (DimbaLM or ARLM; EMA weights when EMA was on), in
+    fp32, in eval mode, on `device`, with its tokenizer (and DIMBA's time warp)."""
     path = Path(path)
     if not path.is_file():
         raise DimbaError(f"checkpoint not found: {path}")
@@ -29,9 +33,13 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     if not ckpt.get("tokenizer_json"):
         raise DimbaError(f"{path} carries no tokenizer; it was not written by `dimba fit`")
     try:
+        hparams = ckpt["hyper_parameters"]
+        cls = MODEL_CLASSES.get(hparams.get("_class_path", "dimba.lit_module.DimbaLM"))
+        if cls is None:
+            raise DimbaError(f"{path} holds a {hparams['_class_path']}, not a DIMBA or AR model")
         # LightningCLI adds private keys (_instantiator, _class_path) beside the constructor's arguments.
-        accepted = inspect.signature(DimbaLM.__init__).parameters
-        model = DimbaLM(**{k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted})
+        accepted = inspect.signature(cls.__init__).parameters
+        model = cls(**{k: v for k, v in hparams.items() if k in accepted})
         # Parameters saved in bf16 (or on a GPU) are cast to this model's fp32 copies on load.
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (TypeError, RuntimeError) as err:

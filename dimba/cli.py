@@ -19,8 +19,8 @@ class DimbaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Values that flow from data to model: the block length at parse time, the vocabulary size once
         # the data module has its tokenizer (a trained BPE can come out smaller than asked for).
-        parser.link_arguments("data.seq_len", "model.seq_len")
-        parser.link_arguments("data", "model.vocab_size", compute_fn=lambda data: data.vocab_size,
+        parser.link_arguments("data.seq_len", "model.init_args.seq_len")
+        parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=lambda data: data.vocab_size,
                               apply_on="instantiate")
 
 
@@ -37,10 +37,12 @@ def find_user_error(err: BaseException) -> DimbaError | None:
 
 def run_lightning(argv: list[str] | None) -> None:
     from dimba.data.datamodule import TextDataModule
-    from dimba.lit_module import DimbaLM
+    from dimba.lit_base import LanguageModelBase
 
-    DimbaCLI(DimbaLM, TextDataModule, args=argv, save_config_kwargs={"overwrite": True},
-             parser_kwargs={"prog": "dimba"})
+    # Subclass mode: `model.class_path` picks DIMBA (dimba.lit_module.DimbaLM) or the AR baseline
+    # (dimba.lit_ar.ARLM); configs/base.yaml and configs/ar.yaml set it.
+    DimbaCLI(LanguageModelBase, TextDataModule, subclass_mode_model=True, args=argv,
+             save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "dimba"})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from dimba.data.tokenizer import Tokenizer
 from dimba.diffusion.generate import SamplingConfig, reverse_diffusion
 from dimba.diffusion.losses import diffusion_loss
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.diffusion.schedules import NoiseSchedule
 from dimba.diffusion.time_warp import TimeWarp
-from dimba.errors import DimbaError
+from dimba.lit_base import LanguageModelBase
 from dimba.models.denoiser import DimbaDenoiser
-from dimba.optim import param_groups, warmup_cosine
 
 VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 T_MIN = 1e-3  # t = 0 exactly is a noiseless, uninformative training example
@@ -30,7 +27,7 @@ def random_prefix_mask(batch: int, length: int, prompt_prob: float, max_prompt_f
     return torch.arange(length, device=device)[None] < lengths[:, None]
 
 
-class DimbaLM(L.LightningModule):
+class DimbaLM(LanguageModelBase):
     """Diffusion LM over token embeddings with a bidirectional Mamba-2 denoiser.
 
     Args (network): see `DimbaDenoiser`. vocab_size and seq_len are linked from the data module.
@@ -89,7 +86,6 @@ class DimbaLM(L.LightningModule):
                                  self_conditioning=self_conditioning, impl=impl)
         self.schedule = NoiseSchedule(schedule, log_snr_shift=log_snr_shift)
         self.warp = TimeWarp() if time_warp else None
-        self.tokenizer: Tokenizer | None = None  # from the data module; travels with every checkpoint
 
     # ------------------------------------------------------------------ training
     def sample_times(self, batch: int) -> Tensor:
@@ -145,45 +141,16 @@ class DimbaLM(L.LightningModule):
             self.log_dict({f"val_t/ce@{tv}": loss.ce, f"val_t/acc@{tv}": loss.accuracy}, batch_size=B)
         self.log("val/loss", torch.stack(totals).mean(), prog_bar=True, batch_size=B, sync_dist=True)
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.AdamW(param_groups(self.net, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-        total = hp.lr_decay_steps
-        if total is None:
-            max_steps = self.trainer.max_steps if self.trainer is not None else -1
-            total = max_steps if max_steps and max_steps > 0 else 10_000
-        sched = warmup_cosine(opt, hp.warmup_steps, total, hp.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "tokenizer"):
-            tokenizer = datamodule.tokenizer
-            if tokenizer.vocab_size != self.hparams.vocab_size:
-                raise DimbaError(f"the data's vocabulary has {tokenizer.vocab_size} tokens but the model "
-                                 f"was built for {self.hparams.vocab_size}")
-            self.tokenizer = tokenizer
-
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.warp is not None:
             checkpoint["time_warp"] = self.warp.state_dict()
-        if self.tokenizer is not None:
-            checkpoint["tokenizer_json"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if self.warp is not None and "time_warp" in checkpoint:
             self.warp.load_state_dict(checkpoint["time_warp"])
-        saved = checkpoint.get("tokenizer_json")
-        if not saved:
-            return
-        saved = Tokenizer.from_str(saved)
-        # Resuming `fit` (or `validate`) on other data: setup() already took the data module's tokenizer.
-        if self.tokenizer is not None and self.tokenizer.fingerprint != saved.fingerprint:
-            raise DimbaError(f"the checkpoint was trained with another tokenizer (vocabulary {saved.vocab_size}, "
-                             f"this data's: {self.tokenizer.vocab_size}); use the corpus and vocab_size (or "
-                             "tokenizer_path) of the run that wrote it")
-        self.tokenizer = saved
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -216,9 +183,6 @@ class DimbaLM(L.LightningModule):
                                             record_trajectory)
         completions = [out[i, len(p):len(p) + gen_len].tolist() for i, p in enumerate(prompts)]
         return completions, trajectory
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
 
     @property
     def flops_per_token(self) -> float:

@@ -1,4 +1,5 @@
-"""`dimba predict`: complete prompts with a trained checkpoint; nothing but the checkpoint is needed.
+"""`dimba predict`: complete prompts with a trained checkpoint (DIMBA, or the AR baseline, which ignores the
+diffusion options); nothing but the checkpoint is needed.
 
 Sampling options are flags, independent of how the model was trained. With --output, one JSON object per
 prompt (prompt, completion, steps, seconds) is appended and flushed as it goes; re-running with the same
@@ -20,6 +21,7 @@ from dimba.checkpoint import load_for_inference
 from dimba.diffusion.generate import SamplingConfig
 from dimba.diffusion.samplers import SAMPLERS
 from dimba.errors import DimbaError
+from dimba.lit_ar import ARLM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +123,10 @@ def run(args) -> None:
             batch = [encoded[i] for i in idx]
             length = args.length or context - max(len(b) for b in batch)
             began = time.perf_counter()
-            completions, trajectory = model.generate(batch, length, cfg, record_trajectory=args.show_steps)
+            if isinstance(model, ARLM):
+                completions, trajectory = model.generate(batch, length, cfg.temperature, cfg.top_p, cfg.seed), []
+            else:
+                completions, trajectory = model.generate(batch, length, cfg, record_trajectory=args.show_steps)
             seconds = (time.perf_counter() - began) / len(idx)
             for step, tokens in enumerate(trajectory):
                 print(f"[step {step + 1}/{cfg.steps}] {tok.decode(tokens[0, len(batch[0]):])!r}", file=sys.stderr)

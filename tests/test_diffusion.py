@@ -83,7 +83,7 @@ def test_timesteps_cover_one_to_zero_and_follow_the_warp():
     sampler = DDIMSampler(NoiseSchedule())
     ts = sampler.timesteps(8)
     assert ts[0] == 1 and ts[-1] == 0 and len(ts) == 9 and (ts[1:] < ts[:-1]).all()
-    warp = TimeWarp(num_bins=20, uniform_mix=0.0)
+    warp = TimeWarp(num_bins=20, window=2000, uniform_mix=0.0)
     t = torch.linspace(0.001, 0.999, 2000)
     warp.update(t, torch.sigmoid((t - 0.8) * 40) * 6)  # CE rises sharply around t = 0.8
     warped = sampler.timesteps(8, warp)
@@ -93,11 +93,11 @@ def test_timesteps_cover_one_to_zero_and_follow_the_warp():
 
 
 def test_time_warp_samples_where_the_loss_rises_and_round_trips():
-    warp = TimeWarp(num_bins=32, uniform_mix=0.1)
+    warp = TimeWarp(num_bins=32, window=4000, uniform_mix=0.1)
     u = torch.rand(4000)
-    assert warp.warp(u).sub(u).abs().max() < 1e-6  # uniform until every bin has data
+    assert warp.warp(u).sub(u).abs().max() < 1e-6  # uniform until half a window of data
     t = torch.rand(5000)
-    warp.update(t, torch.sigmoid((t - 0.8) * 40) * 6)
+    warp.update(t, torch.sigmoid((t - 0.8) * 40) * 6 + 0.3 * torch.randn(5000))  # noisy CE, rising at 0.8
     assert warp.ready
     samples = warp.warp(torch.rand(4000))
     share = ((samples > 0.7) & (samples < 0.9)).float().mean().item()
@@ -107,6 +107,25 @@ def test_time_warp_samples_where_the_loss_rises_and_round_trips():
     clone.load_state_dict(warp.state_dict())
     u = torch.rand(100)
     torch.testing.assert_close(clone.warp(u), warp.warp(u))
+
+
+def test_time_warp_forgets_the_untrained_model():
+    """Stale high losses from early training must not keep the warp at the easy end (a bug seen here:
+    per-bin running means of rarely sampled bins kept the untrained model's CE of ~16 nats)."""
+    warp = TimeWarp(num_bins=16, window=1000, uniform_mix=0.1)
+    t = torch.rand(1000)
+    warp.update(t, torch.full_like(t, 16.0) - 5 * t)  # untrained: high everywhere, even falling
+    t = torch.rand(1000)
+    warp.update(t, torch.sigmoid((t - 0.85) * 50) * 8)  # trained: the rise is near t = 0.85
+    assert warp.warp(torch.tensor([0.5], dtype=torch.float64)).item() > 0.75
+
+
+def test_isotonic_fit_is_monotone_and_exact_on_monotone_data():
+    from dimba.diffusion.time_warp import isotonic_increasing
+    y = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(isotonic_increasing(y, torch.ones(3)), y)
+    fit = isotonic_increasing(torch.tensor([1.0, 3.0, 2.0, 4.0], dtype=torch.float64), torch.ones(4))
+    torch.testing.assert_close(fit, torch.tensor([1.0, 2.5, 2.5, 4.0], dtype=torch.float64))
 
 
 def _toy_denoise(cond_x0, uncond_x0, calls):

@@ -42,7 +42,11 @@ class DDIMSampler:
         if num_steps < 1:
             raise ValueError(f"steps must be >= 1, got {num_steps}")
         u = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
-        return warp.warp(u) if warp is not None and warp.ready else u
+        if warp is None or not warp.ready:
+            return u
+        times = warp.warp(u)
+        times[0], times[-1] = 1.0, 0.0  # a flat stretch of the CDF must not cut the chain short
+        return times
 
     def step(self, x_t: Tensor, x0_hat: Tensor, t: float, t_prev: float,
              generator: torch.Generator | None = None) -> Tensor:

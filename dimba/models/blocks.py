@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dimba.models.bidirectional import BidirectionalMamba2
-from dimba.models.mamba2 import Mamba2, upcast
+from dimba.models.mamba2 import Mamba2, Mamba2State, upcast
 
 CONDITIONINGS = ("film", "additive")
 
@@ -88,3 +88,20 @@ class MambaBlock(nn.Module):
         if self.mlp is not None:
             x = self._sublayer(x, self.norm2, self.mlp, mods[self.per_sub:])
         return x
+
+    # Recurrent decoding (causal, unconditioned blocks only: the autoregressive baseline).
+    def prefill(self, x: Tensor) -> tuple[Tensor, Mamba2State]:
+        """x: (B, L, d_model) -> output (B, L, d_model) and the mixer's state after the last position."""
+        y, state = self.mixer.prefill(self.norm1(x))
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, state
+
+    def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+        """x: (B, d_model), one position -> (B, d_model) and the next state."""
+        y, state = self.mixer.step(self.norm1(x), state)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, state

@@ -1,0 +1,61 @@
+"""What DIMBA and the autoregressive baseline share as LightningModules: the tokenizer that travels with
+every checkpoint, the optimiser and LR schedule, and parameter counting."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from dimba.data.tokenizer import Tokenizer
+from dimba.errors import DimbaError
+from dimba.optim import param_groups, warmup_cosine
+
+
+class LanguageModelBase(L.LightningModule):
+    """Subclasses set `self.net` and call save_hyperparameters() with at least vocab_size, seq_len, lr,
+    weight_decay, betas, warmup_steps, lr_decay_steps, min_lr_ratio."""
+
+    net: nn.Module
+
+    def __init__(self):
+        super().__init__()
+        self.tokenizer: Tokenizer | None = None  # from the data module; travels with every checkpoint
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "tokenizer"):
+            tokenizer = datamodule.tokenizer
+            if tokenizer.vocab_size != self.hparams.vocab_size:
+                raise DimbaError(f"the data's vocabulary has {tokenizer.vocab_size} tokens but the model "
+                                 f"was built for {self.hparams.vocab_size}")
+            self.tokenizer = tokenizer
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None:
+            checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("tokenizer_json")
+        if not saved:
+            return
+        saved = Tokenizer.from_str(saved)
+        # Resuming `fit` (or `validate`) on other data: setup() already took the data module's tokenizer.
+        if self.tokenizer is not None and self.tokenizer.fingerprint != saved.fingerprint:
+            raise DimbaError(f"the checkpoint was trained with another tokenizer (vocabulary {saved.vocab_size}, "
+                             f"this data's: {self.tokenizer.vocab_size}); use the corpus and vocab_size (or "
+                             "tokenizer_path) of the run that wrote it")
+        self.tokenizer = saved
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.AdamW(param_groups(self.net, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        total = hp.lr_decay_steps
+        if total is None:
+            max_steps = self.trainer.max_steps if self._trainer is not None else -1
+            total = max_steps if max_steps and max_steps > 0 else 10_000
+        sched = warmup_cosine(opt, hp.warmup_steps, total, hp.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
