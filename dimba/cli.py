@@ -2,17 +2,27 @@
 
     dimba fit --config configs/base.yaml
     dimba predict --ckpt_path runs/base/checkpoints/last.ckpt --prompt "ROMEO:"
+    dimba eval --ckpt_path ... --judge_ckpt_path ... [--ar_ckpt_path ...]
+    dimba bench [--ckpt_path ...] [--ar_ckpt_path ...]
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
-from lightning.pytorch.cli import LightningCLI
+# Before torch is imported (OpenMP reads it once): on a shared 2-core machine, busy-waiting OpenMP threads
+# made every step several times slower (see the field notes); passive waiting costs nothing when alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from dimba.errors import DimbaError
+
+# Verbs outside LightningCLI: sampling and measurement need flags that no checkpoint should override.
+EXTRA_VERBS = {"predict": "dimba.predict", "eval": "dimba.eval.quality", "bench": "dimba.eval.bench"}
 
 
 class DimbaCLI(LightningCLI):
@@ -48,12 +58,11 @@ def run_lightning(argv: list[str] | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     lightning_args = argv  # None: LightningCLI reads sys.argv itself (and says so in --help)
     argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see NOTES: busy-waiting threads on shared CPUs
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if argv and argv[0] == "predict":
-            from dimba.predict import main as predict_main
-            predict_main(argv[1:])
+        if argv and argv[0] in EXTRA_VERBS:
+            module = __import__(EXTRA_VERBS[argv[0]], fromlist=["main"])
+            module.main(argv[1:])
         else:
             run_lightning(lightning_args)
     except Exception as err:

@@ -1,53 +1,11 @@
 """The product as a user runs it: the `dimba` console script, in subprocesses, on local data."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.corpus import write_text_corpus
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-
-
-def dimba(*args, cwd, env_extra=None, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
-    env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "dimba", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    write_text_corpus(root / "corpus")
-    os.environ["DIMBA_CACHE"] = str(root / "cache")
-    return root
-
-
-def fit_args(root, name, *extra):
-    return ["fit", "--config", CONFIGS / "base.yaml", "--config", CONFIGS / "tiny.yaml",
-            "--data.source", root / "corpus", "--trainer.default_root_dir", root / name,
-            "--trainer.logger.init_args.save_dir", root / name, *extra]
-
-
-def ckpt_dir(root, name):
-    """Checkpoints follow the logger: <save_dir>/<name>/checkpoints, with name "base" from base.yaml."""
-    return root / name / "base" / "checkpoints"
-
-
-@pytest.fixture(scope="module")
-def trained(workdir):
-    result = dimba(*fit_args(workdir, "run"), cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = ckpt_dir(workdir, "run") / "last.ckpt"
-    assert ckpt.exists()
-    return ckpt
+from tests.conftest import CONFIGS, ckpt_dir, dimba, fit_args
 
 
 def test_fit_writes_a_checkpoint_with_tokenizer_and_logs(trained, workdir):

@@ -1,0 +1,59 @@
+"""PNG plots of the quality and speed results (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def quality_vs_steps(rows: list[dict], path: Path) -> plt.Figure:
+    """gen-PPL (log) and unigram entropy against DIMBA's steps, per sampler, with AR and real text as lines."""
+    fig, (ax_ppl, ax_ent) = plt.subplots(1, 2, figsize=(11, 4))
+    dimba = [r for r in rows if r["model"] == "dimba" and r["guidance"] == 1.0 and r["self_condition"]]
+    for sampler in sorted({r["sampler"] for r in dimba}):
+        pts = sorted((r["steps"], r["gen_ppl"], r["entropy_bits"]) for r in dimba if r["sampler"] == sampler)
+        ax_ppl.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
+        ax_ent.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=f"DIMBA {sampler}")
+    for r in rows:
+        if r["model"] in ("ar", "reference", "random"):
+            style = {"ar": "--", "reference": ":", "random": "-."}[r["model"]]
+            ax_ppl.axhline(r["gen_ppl"], ls=style, color="gray")
+            ax_ppl.annotate(r["label"], (ax_ppl.get_xlim()[0], r["gen_ppl"]), fontsize=7, va="bottom")
+            ax_ent.axhline(r["entropy_bits"], ls=style, color="gray")
+            ax_ent.annotate(r["label"], (ax_ent.get_xlim()[0], r["entropy_bits"]), fontsize=7, va="bottom")
+    for ax, name in ((ax_ppl, "gen-PPL (judge)"), (ax_ent, "unigram entropy (bits)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("denoising steps")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=8)
+    ax_ppl.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def quality_vs_latency(rows: list[dict], path: Path) -> plt.Figure:
+    """gen-PPL against batch-1 latency per sample: DIMBA's step counts as a curve, AR as points."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for sampler in sorted({r["sampler"] for r in rows if r["model"] == "dimba"}):
+        pts = sorted((r["latency_b1_s"], r["gen_ppl"], r["steps"]) for r in rows
+                     if r["model"] == "dimba" and r["sampler"] == sampler and r["guidance"] == 1.0
+                     and r["self_condition"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
+        for x, y, steps in pts:
+            ax.annotate(str(steps), (x, y), fontsize=7)
+    for r in rows:
+        if r["model"] == "ar":
+            ax.plot(r["latency_b1_s"], r["gen_ppl"], "s", label=r["label"])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("latency per sample at batch 1 (s)")
+    ax.set_ylabel("gen-PPL (judge)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
