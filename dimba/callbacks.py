@@ -1,13 +1,17 @@
-"""Training callbacks: EMA of the weights, and generated samples logged to TensorBoard."""
+"""Training callbacks: EMA of the weights, generated samples in TensorBoard, a guard against non-finite
+gradients, and a checkpoint on SIGTERM."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from dimba.diffusion.generate import SamplingConfig
+from dimba.errors import DimbaError
 
 
 class EMA(WeightAveraging):
@@ -54,3 +58,58 @@ class SampleLogger(L.Callback):
         experiment = trainer.logger.experiment
         if hasattr(experiment, "add_text"):
             experiment.add_text("samples", text, global_step=step)
+
+
+class NonFiniteGuard(L.Callback):
+    """Skip optimizer steps whose gradients are not finite, count them, and stop after `max_in_a_row`
+    consecutive ones with a clear message (the last good checkpoint is kept: none is written after).
+
+    A skipped step drops every gradient (`grad = None`), which PyTorch optimizers treat as "no update" for
+    that parameter: weights and optimizer moments stay as they were. The LR schedule still advances.
+    """
+
+    def __init__(self, max_in_a_row: int = 20):
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
+        if trainer.world_size > 1:  # every rank must take the same decision, or DDP ranks diverge
+            finite = trainer.strategy.reduce_boolean_decision(bool(finite), all=True)
+        if bool(finite):
+            self.in_a_row = 0
+            return
+        for p in pl_module.parameters():
+            p.grad = None
+        self.in_a_row += 1
+        self.skipped += 1
+        pl_module.log("train/nonfinite_skipped", float(self.skipped), rank_zero_only=True)
+        if self.in_a_row >= self.max_in_a_row:
+            raise DimbaError(f"{self.in_a_row} optimizer steps in a row had non-finite gradients (step "
+                             f"{trainer.global_step}); stopping. The last checkpoint written is the last good "
+                             "one; lower the learning rate or check the data")
+
+    def state_dict(self) -> dict:
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.in_a_row, self.skipped = state["in_a_row"], state["skipped"]
+
+
+class CheckpointOnSignal(L.Callback):
+    """Save `last.ckpt` when the run is stopped by SIGTERM (what clusters send before preemption).
+
+    Lightning notices SIGTERM after the current batch and stops with SIGTERMException; this writes the
+    checkpoint then, into the ModelCheckpoint folder. (SLURM's SIGUSR1 requeue is Lightning's own.)
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException) or trainer.checkpoint_callback is None:
+            return
+        folder = Path(trainer.checkpoint_callback.dirpath)
+        trainer.save_checkpoint(folder / "last.ckpt")
+        rank_zero_info(f"SIGTERM: saved {folder / 'last.ckpt'} at step {trainer.global_step}")

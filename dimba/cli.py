@@ -18,6 +18,7 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
 from dimba.errors import DimbaError
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:
+        print("stopped by SIGTERM (last.ckpt saved by CheckpointOnSignal when configured)", file=sys.stderr)
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -1,0 +1,127 @@
+"""Runs survive bad numbers, interruption and crashes while saving; checkpoints are portable."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from dimba.callbacks import NonFiniteGuard
+from dimba.checkpoint import load_for_inference
+from dimba.diffusion.generate import SamplingConfig
+from dimba.errors import DimbaError
+from dimba.lit_module import DimbaLM
+from tests.conftest import REPO, ckpt_dir, fit_args
+
+
+class PoisonedDimba(DimbaLM):
+    """Returns a NaN loss at the steps listed in `poison`."""
+
+    def __init__(self, poison=(), **kw):
+        super().__init__(**kw)
+        self.poison = set(poison)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step in self.poison else loss
+
+
+def tiny_model(**kw):
+    return PoisonedDimba(vocab_size=30, seq_len=8, d_embed=8, d_model=16, n_layers=1, d_state=8, headdim=8,
+                         chunk_size=8, impl="torch", warmup_steps=1, **kw)
+
+
+def loader():
+    data = torch.randint(0, 30, (32, 8))
+    return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def fit(model, guard, steps):
+    trainer = L.Trainer(max_steps=steps, callbacks=[guard], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, loader())
+
+
+def test_nonfinite_steps_are_skipped_and_counted():
+    model, guard = tiny_model(poison={2}), NonFiniteGuard(max_in_a_row=3)
+
+    class Snapshot(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                self.before = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3 and not hasattr(self, "after"):
+                self.after = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    snap = Snapshot()
+    trainer = L.Trainer(max_steps=5, callbacks=[guard, snap], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, loader())
+    assert guard.skipped == 1 and guard.in_a_row == 0
+    for k in snap.before:  # the poisoned step changed nothing
+        torch.testing.assert_close(snap.after[k], snap.before[k], rtol=0, atol=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_the_run():
+    model, guard = tiny_model(poison=set(range(2, 100))), NonFiniteGuard(max_in_a_row=3)
+    with pytest.raises(DimbaError, match="3 optimizer steps in a row had non-finite gradients"):
+        fit(model, guard, 20)
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing a checkpoint leaves the previous file whole."""
+    import fsspec.implementations.local as local
+
+    model = tiny_model()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(model, loader())
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    good = path.read_bytes()
+
+    def crash_half_way(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", crash_half_way)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.save_checkpoint(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_bf16_checkpoint_loads_and_samples_on_cpu(trained, tmp_path):
+    ckpt = torch.load(trained, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    path = tmp_path / "bf16.ckpt"
+    torch.save(ckpt, path)
+    model = load_for_inference(path, "cpu")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    completions, _ = model.generate([[5, 6]], 4, SamplingConfig(steps=2, seed=0))
+    assert len(completions[0]) == 4
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workdir):
+    args = fit_args(workdir, "sigterm", "--trainer.max_steps", "100000", "--trainer.val_check_interval", "1000")
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args)], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_dir = workdir / "sigterm" / "base"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(log_dir.glob("events.out.tfevents*")):
+        time.sleep(0.5)
+    time.sleep(3)  # a few training steps
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    ckpt = torch.load(ckpt_dir(workdir, "sigterm") / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] > 0
