@@ -36,6 +36,23 @@ class LanguageModelBase(L.LightningModule):
             checkpoint["tokenizer_json"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_tokenizer(checkpoint)
+        self._check_shapes(checkpoint)
+
+    def _check_shapes(self, checkpoint: dict) -> None:
+        """One clear line instead of load_state_dict's size-mismatch traceback when the config differs."""
+        own = self.state_dict()
+        saved = checkpoint.get("state_dict", {})
+        for key, value in saved.items():
+            if key in own and own[key].shape != value.shape:
+                raise DimbaError(f"the checkpoint's {key} has shape {tuple(value.shape)} but this configuration "
+                                 f"builds {tuple(own[key].shape)}; use the model settings of the run that wrote it")
+        missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+        if saved and (missing or extra):
+            raise DimbaError(f"the checkpoint does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}; "
+                             "use the model settings of the run that wrote it")
+
+    def _check_tokenizer(self, checkpoint: dict) -> None:
         saved = checkpoint.get("tokenizer_json")
         if not saved:
             return

@@ -125,3 +125,20 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workdir):
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     ckpt = torch.load(ckpt_dir(workdir, "sigterm") / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] > 0
+
+
+def test_resuming_into_another_model_shape_names_the_mismatch(tmp_path):
+    """Through the CLI, LightningCLI rebuilds the model from the checkpoint's hyper-parameters; a program
+    that builds its own model gets one clear line instead of a size-mismatch traceback."""
+    small = tiny_model()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(small, loader())
+    path = tmp_path / "small.ckpt"
+    trainer.save_checkpoint(path)
+    wider = PoisonedDimba(vocab_size=30, seq_len=8, d_embed=8, d_model=32, n_layers=1, d_state=8, headdim=8,
+                          chunk_size=8, impl="torch")
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    with pytest.raises(DimbaError, match=r"net.in_proj.weight has shape \(16, 16\) but this configuration builds"):
+        trainer.fit(wider, loader(), ckpt_path=path)
