@@ -23,7 +23,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E40
 from dimba.errors import DimbaError
 
 # Verbs outside LightningCLI: sampling and measurement need flags that no checkpoint should override.
-EXTRA_VERBS = {"predict": "dimba.predict", "eval": "dimba.eval.quality", "bench": "dimba.eval.bench"}
+EXTRA_VERBS = {"predict": "dimba.predict", "eval": "dimba.eval.quality", "bench": "dimba.eval.bench",
+               "export": "dimba.export"}
 
 
 class DimbaCLI(LightningCLI):

@@ -149,7 +149,7 @@ class DimbaLM(LanguageModelBase):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.warp is not None and "time_warp" in checkpoint:
+        if self.warp is not None and checkpoint.get("time_warp") is not None:
             self.warp.load_state_dict(checkpoint["time_warp"])
 
     # ------------------------------------------------------------------ sampling

@@ -142,3 +142,20 @@ def test_resuming_into_another_model_shape_names_the_mismatch(tmp_path):
                         enable_model_summary=False, accelerator="cpu")
     with pytest.raises(DimbaError, match=r"net.in_proj.weight has shape \(16, 16\) but this configuration builds"):
         trainer.fit(wider, loader(), ckpt_path=path)
+
+
+def test_export_folder_predicts_like_the_checkpoint(trained, workdir):
+    from tests.conftest import dimba
+    folder = workdir / "export"
+    result = dimba("export", "--ckpt_path", trained, "--out_dir", folder, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    a = load_for_inference(trained)
+    b = load_for_inference(folder)
+    cfg = SamplingConfig(steps=3, seed=7)
+    assert a.generate([[3, 4]], 5, cfg)[0] == b.generate([[3, 4]], 5, cfg)[0]
+    out = [dimba("predict", "--ckpt_path", p, "--prompt", "The king", "--length", 5, "--steps", 3, cwd=workdir)
+           for p in (trained, folder)]
+    assert out[0].returncode == 0 and out[0].stdout == out[1].stdout
+    again = dimba("export", "--ckpt_path", trained, "--out_dir", folder, cwd=workdir)
+    assert again.returncode == 2 and "not empty" in again.stderr
