@@ -43,9 +43,15 @@ class ARLM(LanguageModelBase):
         return loss
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.log_next_token_metrics(batch, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.log_next_token_metrics(batch, "test")
+
+    def log_next_token_metrics(self, batch: Tensor, stage: str) -> None:
         loss = self.next_token_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
-        self.log("val/ppl", torch.exp(loss), batch_size=batch.shape[0], sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch.shape[0], sync_dist=True)
+        self.log(f"{stage}/ppl", torch.exp(loss), batch_size=batch.shape[0], sync_dist=True)
 
     @property
     def flops_per_token(self) -> float:

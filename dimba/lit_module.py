@@ -126,6 +126,12 @@ class DimbaLM(LanguageModelBase):
         return loss.total
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, batch_idx, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, batch_idx, "test")
+
+    def evaluate_at_fixed_times(self, batch: Tensor, batch_idx: int, stage: str) -> None:
         """Loss and token accuracy at fixed t, unconditional, with noise fixed per batch (comparable
         across validations)."""
         tokens = batch
@@ -138,8 +144,8 @@ class DimbaLM(LanguageModelBase):
             t = torch.full((B,), tv, device=self.device)
             loss = self.diffusion_step(tokens, t, no_prompt, None, self_cond_prob=0.0, noise=noise)
             totals.append(loss.total)
-            self.log_dict({f"val_t/ce@{tv}": loss.ce, f"val_t/acc@{tv}": loss.accuracy}, batch_size=B)
-        self.log("val/loss", torch.stack(totals).mean(), prog_bar=True, batch_size=B, sync_dist=True)
+            self.log_dict({f"{stage}_t/ce@{tv}": loss.ce, f"{stage}_t/acc@{tv}": loss.accuracy}, batch_size=B)
+        self.log(f"{stage}/loss", torch.stack(totals).mean(), prog_bar=True, batch_size=B, sync_dist=True)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:

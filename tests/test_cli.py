@@ -44,6 +44,15 @@ def test_predict_writes_jsonl_and_resumes(trained, workdir):
     assert out.read_text().splitlines() == rows_before
 
 
+@pytest.mark.parametrize("verb", ["validate", "test"])
+def test_validate_and_test_a_checkpoint(trained, workdir, verb):
+    args = fit_args(workdir, f"{verb}_run", "--ckpt_path", trained)
+    args[0] = verb
+    result = dimba(*args, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{'val' if verb == 'validate' else 'test'}/loss" in result.stdout
+
+
 def test_help_and_print_config(workdir):
     assert "fit" in dimba("--help", cwd=workdir).stdout
     result = dimba("fit", "--config", CONFIGS / "base.yaml", "--print_config", cwd=workdir)
