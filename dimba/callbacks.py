@@ -98,18 +98,26 @@ class NonFiniteGuard(L.Callback):
         self.in_a_row, self.skipped = state["in_a_row"], state["skipped"]
 
 
-class CheckpointOnSignal(L.Callback):
-    """Save `last.ckpt` when the run is stopped by SIGTERM (what clusters send before preemption).
+class CheckpointOnStop(L.Callback):
+    """Save `last.ckpt` whenever training stops: at its end (max_time, max_steps), and on SIGTERM (what
+    clusters send before preemption), so that no step is lost between periodic checkpoints.
 
-    Lightning notices SIGTERM after the current batch and stops with SIGTERMException; this writes the
-    checkpoint then, into the ModelCheckpoint folder. (SLURM's SIGUSR1 requeue is Lightning's own.)
+    List it before EMA in the callbacks: its on_train_end must run before EMA copies the average into the
+    training weights. (SLURM's SIGUSR1 requeue is Lightning's own.)
     """
+
+    def _save(self, trainer: L.Trainer, why: str) -> None:
+        if trainer.checkpoint_callback is None or trainer.checkpoint_callback.dirpath is None:
+            return
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"{why}: saved {path} at step {trainer.global_step}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._save(trainer, "training ended")
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if not isinstance(exception, SIGTERMException) or trainer.checkpoint_callback is None:
-            return
-        folder = Path(trainer.checkpoint_callback.dirpath)
-        trainer.save_checkpoint(folder / "last.ckpt")
-        rank_zero_info(f"SIGTERM: saved {folder / 'last.ckpt'} at step {trainer.global_step}")
+        if isinstance(exception, SIGTERMException):
+            self._save(trainer, "SIGTERM")

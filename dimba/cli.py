@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
     except SIGTERMException:
-        print("stopped by SIGTERM (last.ckpt saved by CheckpointOnSignal when configured)", file=sys.stderr)
+        print("stopped by SIGTERM (last.ckpt saved by CheckpointOnStop when configured)", file=sys.stderr)
         raise SystemExit(143) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

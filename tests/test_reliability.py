@@ -159,3 +159,20 @@ def test_export_folder_predicts_like_the_checkpoint(trained, workdir):
     assert out[0].returncode == 0 and out[0].stdout == out[1].stdout
     again = dimba("export", "--ckpt_path", trained, "--out_dir", folder, cwd=workdir)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
+    """Periodic checkpoints every 250 steps; the time limit falls between them. Seen here: the last 75
+    steps of a 28-minute run were lost before CheckpointOnStop existed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import dimba
+    args = fit_args(workdir, "timed", "--trainer.max_steps", "100000", "--trainer.max_time", "00:00:00:08",
+                    "--trainer.val_check_interval", "100000", "--trainer.limit_val_batches", "0")
+    result = dimba(*args, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = torch.load(ckpt_dir(workdir, "timed") / "last.ckpt", map_location="cpu", weights_only=False)
+    events = EventAccumulator(str(next((workdir / "timed" / "base").glob("events.out.tfevents*"))))
+    events.Reload()
+    last_logged = events.Scalars("train/loss")[-1].step
+    assert ckpt["global_step"] == last_logged + 1 and ckpt["global_step"] > 3
