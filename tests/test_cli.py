@@ -58,7 +58,8 @@ def test_help_and_print_config(workdir):
     result = dimba("fit", "--config", CONFIGS / "base.yaml", "--print_config", cwd=workdir)
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
-    assert cfg["model"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
+    assert cfg["model"]["class_path"] == "dimba.lit_module.DimbaLM"
+    assert cfg["model"]["init_args"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
     assert "--ckpt_path" in dimba("predict", "--help", cwd=workdir).stdout
 
 
