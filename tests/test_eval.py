@@ -41,3 +41,17 @@ def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     assert models == {"AR", "DIMBA"} and all(r["tokens_per_s"] > 0 for r in data["generation"])
     assert set(data["training"]) == {"DIMBA", "AR"} and data["length_sweep"]["lengths"] == [256, 512]
     assert (out / "bench.md").read_text().startswith("Machine:") and (out / "bench.png").stat().st_size > 0
+
+
+def test_curves_plot_from_a_training_run(trained, workdir):
+    import subprocess
+    import sys
+    out = workdir / "curves.png"
+    run_dir = trained.parents[1]  # <save_dir>/<name>, holding the event files
+    result = subprocess.run([sys.executable, "-m", "dimba.eval.curves", str(run_dir), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    acc = numbers[run_dir.name]["acc_by_t"]
+    assert set(acc) == {"0.1", "0.3", "0.5", "0.7", "0.9"} and all(0 <= v <= 1 for v in acc.values())
+    assert out.stat().st_size > 0
