@@ -66,39 +66,43 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def already_done(output: Path) -> int:
-    """How many complete, valid JSON lines the output holds (a torn last line is dropped and rewritten)."""
+def completed_prompts(output: Path) -> list[str]:
+    """The prompts of the complete, valid JSON lines in output (a torn last line is dropped)."""
     if not output.exists():
-        return 0
-    good, lines = 0, output.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        return []
+    done, lines = [], output.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
     for line in lines:
         try:
-            json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             break
-        if not line.endswith("\n"):
+        if not line.endswith("\n") or not isinstance(row, dict) or "prompt" not in row:
             break
-        good += 1
-    if good < len(lines):  # drop a torn tail so that appending keeps the file valid JSONL
-        output.write_text("".join(lines[:good]), encoding="utf-8")
-    return good
+        done.append(row["prompt"])
+    if len(done) < len(lines):  # drop a torn tail so that appending keeps the file valid JSONL
+        output.write_text("".join(lines[:len(done)]), encoding="utf-8")
+    return done
 
 
-def open_output(args, n_prompts: int):
-    """(file handle or None, index of the first prompt still to do)."""
+def open_output(args, prompts: list[str]):
+    """(file handle or None, index of the first prompt still to do). An existing output is resumed only if
+    its lines answer the same leading prompts; otherwise it is left untouched and the run refused."""
     if args.output is None:
         return None, 0
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         if args.overwrite and args.output.exists():
             args.output.unlink()
-        start = already_done(args.output)
+        done = completed_prompts(args.output)
+        if done != prompts[:len(done)]:
+            raise DimbaError(f"{args.output} holds results for other prompts; pass --overwrite to replace it, "
+                             "or choose another --output")
         handle = open(args.output, "a", encoding="utf-8")
     except OSError as err:
         raise DimbaError(f"cannot write to {args.output}: {err.strerror}") from None
-    if start:
-        print(f"{args.output}: {start} of {n_prompts} prompts already done, continuing", file=sys.stderr)
-    return handle, start
+    if done:
+        print(f"{args.output}: {len(done)} of {len(prompts)} prompts already done, continuing", file=sys.stderr)
+    return handle, len(done)
 
 
 def run(args) -> None:
@@ -115,7 +119,7 @@ def run(args) -> None:
             extra = f" + --length {args.length}" if args.length else ""
             raise DimbaError(f"prompt {i + 1} is {len(ids)} tokens{extra}, more than the model's context of "
                              f"{context} tokens")
-    handle, start = open_output(args, len(prompts))
+    handle, start = open_output(args, prompts)
     try:
         bar = tqdm(total=len(prompts) - start, desc="prompts", disable=len(prompts) - start <= 1, file=sys.stderr)
         for lo in range(start, len(prompts), args.batch_size):

@@ -131,7 +131,7 @@ def test_fit_with_a_missing_column(workdir):
 
 
 def test_resume_with_another_tokenizer(trained, workdir):
-    args = fit_args(workdir, "other", "--data.vocab_size", "280", "--ckpt_path", trained)
+    args = fit_args(workdir, "other", "--data.tokenizer_vocab_size", "280", "--ckpt_path", trained)
     assert_clean_failure(dimba(*args, cwd=workdir), "trained with another tokenizer")
 
 

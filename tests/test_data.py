@@ -86,7 +86,7 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch):
 
 
 def make_dm(source, **kw):
-    args = dict(source=str(source), vocab_size=300, seq_len=32, batch_size=4)
+    args = dict(source=str(source), tokenizer_vocab_size=300, seq_len=32, batch_size=4)
     args.update(kw)
     return TextDataModule(**args)
 

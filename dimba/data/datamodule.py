@@ -91,7 +91,8 @@ class TextDataModule(L.LightningDataModule):
         hub_config, hub_split: the hub dataset's configuration and split.
         streaming: stream the corpus instead of tokenising it to disk (for corpora that do not fit).
         tokenizer_path: a tokenizer.json to use; None trains a byte-level BPE on the training split.
-        vocab_size: size of the BPE vocabulary to train (ignored with tokenizer_path).
+        tokenizer_vocab_size: size of the BPE vocabulary to train (ignored with tokenizer_path); a small
+            corpus can give fewer. The model's vocab_size is linked to the tokenizer's actual size.
         seq_len: tokens per training block.
         batch_size: blocks per batch (per device).
         val_fraction: share of documents held out for validation.
@@ -103,7 +104,7 @@ class TextDataModule(L.LightningDataModule):
 
     def __init__(self, source: str | None = None, text_column: str = "text", hub_config: str | None = None,
                  hub_split: str = "train", streaming: bool = False, tokenizer_path: str | None = None,
-                 vocab_size: int = 4096, seq_len: int = 128, batch_size: int = 32, val_fraction: float = 0.05,
+                 tokenizer_vocab_size: int = 4096, seq_len: int = 128, batch_size: int = 32, val_fraction: float = 0.05,
                  num_workers: int = 0, num_proc: int = 1, cache_dir: str | None = None,
                  tokenizer_train_chars: int = 50_000_000, val_stream_docs: int = 200):
         super().__init__()
@@ -157,17 +158,17 @@ class TextDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.tokenizer_path:
             return Tokenizer.from_file(hp.tokenizer_path)
-        key = f"{self._corpus_key}|{hp.vocab_size}|{hp.tokenizer_train_chars}"
+        key = f"{self._corpus_key}|{hp.tokenizer_vocab_size}|{hp.tokenizer_train_chars}"
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
-        path = self.cache / "tokenizers" / f"bpe{hp.vocab_size}-{key}.json"
+        path = self.cache / "tokenizers" / f"bpe{hp.tokenizer_vocab_size}-{key}.json"
         if path.exists():
             return Tokenizer.from_file(path)
         if hp.streaming:
             texts = (d["text"] for d in load_documents(self.source, hp.text_column, streaming=True))
         else:
             texts = self._split_documents()[0]["text"]
-        log.info("training a byte-level BPE tokenizer (vocab %d) on %s", hp.vocab_size, self.source.name)
-        tokenizer = Tokenizer.train(iter_texts(texts, hp.tokenizer_train_chars), hp.vocab_size)
+        log.info("training a byte-level BPE tokenizer (vocab %d) on %s", hp.tokenizer_vocab_size, self.source.name)
+        tokenizer = Tokenizer.train(iter_texts(texts, hp.tokenizer_train_chars), hp.tokenizer_vocab_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(path)
         return tokenizer
