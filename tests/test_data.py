@@ -53,6 +53,12 @@ def test_decode_stops_at_eos(tokenizer):
     assert tokenizer.decode(ids, stop_at_eos=True) == "one two"
 
 
+def test_tokenizer_training_text_is_capped():
+    from dimba.data.tokenizer import iter_texts
+    assert list(iter_texts(["abcdef", "ghij", "kl"], 8)) == ["abcdef", "gh"]
+    assert list(iter_texts(["x" * 100], 5)) == ["xxxxx"]
+
+
 def test_pack_joins_with_eos_and_drops_the_remainder():
     blocks = pack([[1, 2, 3], [4, 5], [6]], eos_id=0, seq_len=4)
     assert blocks.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6]]  # 9 tokens -> 2 blocks, "0" tail dropped

@@ -87,10 +87,11 @@ class Tokenizer:
 
 
 def iter_texts(texts: Iterable[str], max_chars: int) -> Iterator[str]:
-    """Yield texts until about max_chars characters (bounds tokenizer training time on huge corpora)."""
-    seen = 0
+    """Yield texts up to max_chars characters in all, cutting the last one (bounds tokenizer training time
+    and memory on huge corpora, and on a single huge document)."""
+    left = max_chars
     for text in texts:
-        yield text
-        seen += len(text)
-        if seen >= max_chars:
+        if left <= 0:
             return
+        yield text[:left]
+        left -= len(text)
