@@ -34,10 +34,25 @@ class LanguageModelBase(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizer is not None:
             checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+        # The random stream of the training steps (t, noise, prompt lengths, dropout), so that a resumed run
+        # draws what the uninterrupted one would have. Nothing else draws from the global RNG between
+        # training steps: the data loaders and the samplers have their own generators.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
+                                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._check_tokenizer(checkpoint)
         self._check_shapes(checkpoint)
+        self._pending_rng_state = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Restored here, after Lightning's set-up and the data-loader iterator, right before the first step.
+        state = getattr(self, "_pending_rng_state", None)
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            if state["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+            self._pending_rng_state = None
 
     def _check_shapes(self, checkpoint: dict) -> None:
         """One clear line instead of load_state_dict's size-mismatch traceback when the config differs."""

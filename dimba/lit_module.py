@@ -99,7 +99,8 @@ class DimbaLM(LanguageModelBase):
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.schedule.q_sample(x0, t, noise)
         self_cond = None
-        if self.net.self_conditioning and torch.rand(()) < self_cond_prob:
+        # Draw only when it can matter: validation (prob 0) must not consume the training's random stream.
+        if self.net.self_conditioning and self_cond_prob > 0 and torch.rand(()) < self_cond_prob:
             with torch.no_grad():  # a first estimate, fed back without gradient (Chen et al. 2022)
                 self_cond = self.net(x_t, t, tokens, prompt_mask, None, drop_prompt)[1].detach()
         logits, x0_hat = self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt)

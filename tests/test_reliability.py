@@ -176,3 +176,66 @@ def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
     events.Reload()
     last_logged = events.Scalars("train/loss")[-1].step
     assert ckpt["global_step"] == last_logged + 1 and ckpt["global_step"] > 3
+
+
+RESUME_CONFIG = """
+trainer:
+  max_steps: {max_steps}
+  val_check_interval: 3
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args:
+        save_last: true
+        every_n_train_steps: 4
+    - class_path: dimba.callbacks.NonFiniteGuard
+    - class_path: dimba.callbacks.CheckpointOnStop
+    - class_path: dimba.callbacks.EMA
+      init_args:
+        decay: 0.9
+model:
+  init_args:
+    lr_decay_steps: 100
+"""
+
+
+def logged_losses(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    losses = {}
+    for f in sorted(run_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        losses.update({e.step: e.value for e in acc.Scalars("train/loss")})
+    return losses
+
+
+def test_a_run_killed_with_sigkill_resumes_exactly(workdir, tmp_path):
+    """Uninterrupted vs killed (SIGKILL) and resumed: every loss after the resume point is bitwise equal, so
+    data order and position, RNG streams, EMA, optimizer and LR schedule all continued where they were."""
+    from tests.conftest import dimba
+    total = 40  # several epochs of the test corpus' training blocks: crosses epoch boundaries
+    for name, steps in (("straight", total), ("killed", 100_000)):
+        (tmp_path / f"{name}.yaml").write_text(RESUME_CONFIG.format(max_steps=steps))
+    straight = dimba(*fit_args(workdir, "straight", "--config", tmp_path / "straight.yaml"), cwd=workdir)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
+    args = fit_args(workdir, "killed", "--config", tmp_path / "killed.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args)], cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = ckpt_dir(workdir, "killed") / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
+    proc.wait()
+    resumed_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < resumed_at < total
+    resumed = dimba(*fit_args(workdir, "resumed", "--config", tmp_path / "straight.yaml", "--ckpt_path", ckpt),
+                    cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    expected = logged_losses(workdir / "straight")
+    got = logged_losses(workdir / "resumed")
+    after = sorted(s for s in expected if s >= resumed_at)
+    assert after and sorted(got) == after
+    assert [got[s] for s in after] == [expected[s] for s in after]  # bitwise: TensorBoard stores float32

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from dimba.data.sampler import ResumableSampler
 from dimba.data.shakespeare import cache_dir as default_cache_dir
 from dimba.data.sources import Source, load_documents, resolve_source
 from dimba.data.tokenizer import Tokenizer, iter_texts
@@ -100,13 +101,15 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: where tokenizers and packed blocks are cached ($DIMBA_CACHE or ~/.cache/dimba).
         tokenizer_train_chars: at most this many characters of text train the tokenizer.
         val_stream_docs: with streaming, this many documents at the start form the validation set.
+        shuffle_seed: the training order of epoch e is a permutation drawn from (shuffle_seed, e), so an
+            interrupted run resumes with the same data from the same position.
     """
 
     def __init__(self, source: str | None = None, text_column: str = "text", hub_config: str | None = None,
                  hub_split: str = "train", streaming: bool = False, tokenizer_path: str | None = None,
                  tokenizer_vocab_size: int = 4096, seq_len: int = 128, batch_size: int = 32, val_fraction: float = 0.05,
                  num_workers: int = 0, num_proc: int = 1, cache_dir: str | None = None,
-                 tokenizer_train_chars: int = 50_000_000, val_stream_docs: int = 200):
+                 tokenizer_train_chars: int = 50_000_000, val_stream_docs: int = 200, shuffle_seed: int = 0):
         super().__init__()
         if seq_len < 2:
             raise DimbaError(f"seq_len must be at least 2, got {seq_len}")
@@ -118,6 +121,8 @@ class TextDataModule(L.LightningDataModule):
         self._tokenizer: Tokenizer | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.sampler: ResumableSampler | None = None
+        self._resume: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------- corpus and tokenizer (lazy)
     @property
@@ -221,16 +226,42 @@ class TextDataModule(L.LightningDataModule):
         self.val_set = BlockDataset(np.load(paths["val"], mmap_mode="r"))
         log.info("data: %d train / %d val blocks of %d tokens", len(self.train_set), len(self.val_set), hp.seq_len)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler=None, drop_last: bool = False) -> DataLoader:
         hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=shuffle and not hp.streaming,
-                          num_workers=hp.num_workers, drop_last=shuffle, persistent_workers=hp.num_workers > 0)
+        # Its own generator: creating an iterator then draws from it, not from the global RNG that the
+        # training step uses, so validations and epoch starts do not shift the training's random stream.
+        return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+                          drop_last=drop_last, persistent_workers=hp.num_workers > 0,
+                          generator=torch.Generator().manual_seed(hp.shuffle_seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        if self.hparams.streaming:
+            return self._loader(self.train_set)
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        self.sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.shuffle_seed)
+        if self._resume is not None:  # restored from a checkpoint: continue inside the interrupted epoch
+            epoch, batches_done = self._resume
+            self.sampler.resume_at(epoch, batches_done * self.hparams.batch_size)
+            self._resume = None
+        return self._loader(self.train_set, self.sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
+
+    def state_dict(self) -> dict:
+        """Where training is in the data: the epoch and the batches of it already trained on (this rank)."""
+        if self.trainer is None or self.sampler is None:
+            return {}
+        batches_per_epoch = len(self.sampler) // self.hparams.batch_size
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= batches_per_epoch:  # saved after the epoch's last batch: resume at the next epoch
+            return {"epoch": self.trainer.current_epoch + 1, "batches_done": 0}
+        return {"epoch": self.trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume = (state["epoch"], state["batches_done"])
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
