@@ -18,18 +18,17 @@ def quality_vs_steps(rows: list[dict], path: Path) -> plt.Figure:
         pts = sorted((r["steps"], r["gen_ppl"], r["entropy_bits"]) for r in dimba if r["sampler"] == sampler)
         ax_ppl.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
         ax_ent.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=f"DIMBA {sampler}")
-    for r in rows:
-        if r["model"] in ("ar", "reference", "random"):
-            style = {"ar": "--", "reference": ":", "random": "-."}[r["model"]]
-            ax_ppl.axhline(r["gen_ppl"], ls=style, color="gray")
-            ax_ppl.annotate(r["label"], (ax_ppl.get_xlim()[0], r["gen_ppl"]), fontsize=7, va="bottom")
-            ax_ent.axhline(r["entropy_bits"], ls=style, color="gray")
-            ax_ent.annotate(r["label"], (ax_ent.get_xlim()[0], r["entropy_bits"]), fontsize=7, va="bottom")
+    references = [r for r in rows if r["model"] in ("ar", "reference", "random")]
+    for i, r in enumerate(references):
+        style = {"ar": "--", "reference": ":", "random": "-."}[r["model"]]
+        color = f"C{i + 2}"
+        ax_ppl.axhline(r["gen_ppl"], ls=style, color=color, label=r["label"])
+        ax_ent.axhline(r["entropy_bits"], ls=style, color=color, label=r["label"])
     for ax, name in ((ax_ppl, "gen-PPL (judge)"), (ax_ent, "unigram entropy (bits)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("denoising steps")
         ax.set_ylabel(name)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     ax_ppl.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
