@@ -239,3 +239,30 @@ def test_a_run_killed_with_sigkill_resumes_exactly(workdir, tmp_path):
     after = sorted(s for s in expected if s >= resumed_at)
     assert after and sorted(got) == after
     assert [got[s] for s in after] == [expected[s] for s in after]  # bitwise: TensorBoard stores float32
+
+
+@pytest.mark.slow
+def test_bf16_mixed_default_model_stays_finite_for_300_steps(workdir):
+    """The default model (configs/base.yaml's size, seq_len 128, batch 32) in bf16-mixed on CPU."""
+    import math
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import CONFIGS, dimba
+    args = ["fit", "--config", CONFIGS / "base.yaml", "--data.source", workdir / "corpus",
+            "--data.tokenizer_vocab_size", "1024", "--trainer.precision", "bf16-mixed",
+            "--trainer.max_steps", "300", "--trainer.max_time", "null", "--trainer.val_check_interval", "100",
+            "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", workdir / "bf16_300"]
+    result = dimba(*args, cwd=workdir, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = EventAccumulator(str(next((workdir / "bf16_300" / "base").glob("events.out.tfevents*"))),
+                              size_guidance={"scalars": 0})
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) == 300 and all(math.isfinite(v) for v in losses)
+    assert "train/nonfinite_skipped" not in events.Tags()["scalars"]  # logged only when a step is skipped
+    assert losses[-1] < losses[0]
+    ckpt = torch.load(ckpt_dir(workdir, "bf16_300") / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 300
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -17,11 +17,9 @@ def mamba_kernels() -> SimpleNamespace | None:
     """mamba-ssm's Triton SSD kernels and, when installed, causal-conv1d's; None if mamba-ssm is absent.
 
     Returns a namespace with `chunk_scan` (mamba_chunk_scan_combined), `split_conv1d_scan` (the fused
-    path), `state_update` (selective_state_update) and `causal_conv1d_fn` / `causal_conv1d_update`
-    (None without causal-conv1d, in which case only the unfused path can run).
+    path) and `causal_conv1d_fn` (None without causal-conv1d, in which case only the unfused path runs).
     """
     try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         from mamba_ssm.ops.triton.ssd_combined import (
             mamba_chunk_scan_combined,
             mamba_split_conv1d_scan_combined,
@@ -30,15 +28,13 @@ def mamba_kernels() -> SimpleNamespace | None:
         log.debug("mamba-ssm kernels unavailable: %s", err)
         return None
     try:
-        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+        from causal_conv1d import causal_conv1d_fn
     except Exception:
-        causal_conv1d_fn = causal_conv1d_update = None
+        causal_conv1d_fn = None
     return SimpleNamespace(
         chunk_scan=mamba_chunk_scan_combined,
         split_conv1d_scan=mamba_split_conv1d_scan_combined,
-        state_update=selective_state_update,
         causal_conv1d_fn=causal_conv1d_fn,
-        causal_conv1d_update=causal_conv1d_update,
     )
 
 
