@@ -3,6 +3,8 @@ gradients, and a checkpoint on SIGTERM."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -99,8 +101,8 @@ class NonFiniteGuard(L.Callback):
 
 
 class CheckpointOnStop(L.Callback):
-    """Save `last.ckpt` whenever training stops: at its end (max_time, max_steps), and on SIGTERM (what
-    clusters send before preemption), so that no step is lost between periodic checkpoints.
+    """Save `last.ckpt` whenever training stops: at its end (max_time, max_steps), on SIGTERM and on SIGUSR1
+    (what clusters send before preemption), so that no step is lost between periodic checkpoints.
 
     Lightning's ModelCheckpoint writes `last` at the end of training only if it wrote none during the run;
     after a periodic save, the steps since it were lost (75 steps of a 28-minute run, seen here). This
@@ -109,9 +111,32 @@ class CheckpointOnStop(L.Callback):
     requeue is Lightning's own.)
     """
 
+    def __init__(self):
+        self._sigusr1 = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        # SIGUSR1 ends a process by default; under SLURM Lightning installs its own requeue handler, which is
+        # left alone. Elsewhere, stop after the current step with a checkpoint, as for SIGTERM.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)):
+            signal.signal(signal.SIGUSR1, self._on_sigusr1)
+
+    def _on_sigusr1(self, signum, frame) -> None:
+        self._sigusr1 = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._sigusr1:
+            self._sigusr1 = False
+            rank_zero_info(f"SIGUSR1: stopping after step {trainer.global_step}")
+            trainer.should_stop = True  # on_train_end below writes last.ckpt
+
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         callback = trainer.checkpoint_callback
-        if callback is not None and callback.last_model_path:
+        if callback is None or callback.dirpath is None:
+            return
+        # Once ModelCheckpoint has written a `last` file it never rewrites it at the end: this does. If it has
+        # written none, its own on_train_end (which runs after this one) writes it.
+        if callback.last_model_path:
             trainer.save_checkpoint(callback.last_model_path)
             rank_zero_info(f"training ended: saved {callback.last_model_path} at step {trainer.global_step}")
 
