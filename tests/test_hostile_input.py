@@ -34,6 +34,8 @@ def test_mixed_encodings_train(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known bug (issue 6): the whole 200 MB document is tokenised at once; the run "
+                   "was killed by the kernel after using all 24 GB. Tokenise long documents in chunks, then drop this")
 def test_a_single_200mb_line(workdir):
     folder = workdir / "long_line"
     folder.mkdir()
