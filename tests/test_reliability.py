@@ -109,40 +109,38 @@ def test_bf16_checkpoint_loads_and_samples_on_cpu(trained, tmp_path):
     assert len(completions[0]) == 4
 
 
-def test_sigusr1_stops_with_a_checkpoint(workdir):
-    args = fit_args(workdir, "sigusr1", "--trainer.max_steps", "100000", "--trainer.val_check_interval", "1000")
+def signal_running_fit(workdir, name, sig):
+    """Start `dimba fit` (endless), send `sig` a few steps into training; return (returncode, stderr)."""
+    args = fit_args(workdir, name, "--trainer.max_steps", "100000", "--trainer.val_check_interval", "1000")
     env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args)], cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log_dir = workdir / "sigusr1" / "base"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(log_dir.glob("events.out.tfevents*")):
-        time.sleep(0.5)
-    time.sleep(3)
-    proc.send_signal(signal.SIGUSR1)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "SIGUSR1: stopping after step" in stderr
-    ckpt = torch.load(ckpt_dir(workdir, "sigusr1") / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] > 0
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workdir):
-    args = fit_args(workdir, "sigterm", "--trainer.max_steps", "100000", "--trainer.val_check_interval", "1000")
-    env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log_dir = workdir / "sigterm" / "base"
+    log_dir = workdir / name / "base"
     deadline = time.time() + 120
     while time.time() < deadline and not list(log_dir.glob("events.out.tfevents*")):
         time.sleep(0.5)
     time.sleep(3)  # a few training steps
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
+    return proc.returncode, stderr
+
+
+def saved_step(workdir, name):
+    return torch.load(ckpt_dir(workdir, name) / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_sigusr1_stops_with_a_checkpoint(workdir):
+    returncode, stderr = signal_running_fit(workdir, "sigusr1", signal.SIGUSR1)
+    assert returncode == 0, stderr[-2000:]
+    assert "SIGUSR1: stopping after step" in stderr
+    assert saved_step(workdir, "sigusr1") > 0
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(workdir):
+    returncode, stderr = signal_running_fit(workdir, "sigterm", signal.SIGTERM)
+    assert returncode == 143, stderr[-2000:]
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
-    ckpt = torch.load(ckpt_dir(workdir, "sigterm") / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] > 0
+    assert saved_step(workdir, "sigterm") > 0
 
 
 def test_resuming_into_another_model_shape_names_the_mismatch(tmp_path):
