@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dimba.data.datamodule import StreamingBlocks, TextDataModule, pack
+from dimba.data.datamodule import StreamingBlocks, TextDataModule, save_blocks
 from dimba.data.sources import resolve_source
-from dimba.data.tokenizer import Tokenizer
+from dimba.data.tokenizer import Tokenizer, split_text
 from dimba.errors import DimbaError
 from tests.corpus import make_documents, write_text_corpus
 
@@ -59,10 +59,31 @@ def test_tokenizer_training_text_is_capped():
     assert list(iter_texts(["x" * 100], 5)) == ["xxxxx"]
 
 
-def test_pack_joins_with_eos_and_drops_the_remainder():
-    blocks = pack([[1, 2, 3], [4, 5], [6]], eos_id=0, seq_len=4)
+def test_packing_joins_with_eos_and_drops_the_remainder(tmp_path):
+    path = tmp_path / "blocks.npy"
+    docs = [np.array(d, dtype=np.int32) for d in ([1, 2, 3], [4, 5], [6])]
+    save_blocks(path, iter(docs), n_tokens=9, eos_id=0, seq_len=4)
+    blocks = np.load(path)
     assert blocks.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6]]  # 9 tokens -> 2 blocks, "0" tail dropped
     assert blocks.dtype == np.int32
+    assert [p.name for p in tmp_path.iterdir()] == ["blocks.npy"]  # no temporary file left behind
+
+
+def test_long_texts_are_encoded_in_pieces_with_the_same_ids(tokenizer):
+    words = ["the", "king", "is", "dead,", "long", "live", "  the", "\n\n", "king!\t", "émigré", "'s", "99"]
+    rng = np.random.default_rng(0)
+    text = " ".join(rng.choice(words, 3000)) + "  \n"
+    pieces = list(split_text(text, max_chars=500))
+    assert "".join(pieces) == text and len(pieces) > 20 and max(map(len, pieces)) <= 500
+    assert np.concatenate([tokenizer.encode(p) for p in pieces]).tolist() == tokenizer.encode(text)
+    # encode_texts splits internally; documents stay separate and in order
+    ids = tokenizer.encode_texts([text, "", "one two"])
+    assert [x.tolist() for x in ids] == [tokenizer.encode(text), [], tokenizer.encode("one two")]
+
+
+def test_text_without_a_safe_cut_is_cut_hard():
+    pieces = list(split_text("x" * 1050, max_chars=100))
+    assert "".join(pieces) == "x" * 1050 and [len(p) for p in pieces] == [100] * 10 + [50]
 
 
 def test_source_errors(tmp_path):

@@ -56,3 +56,36 @@ def test_prefill_state_matches_between_paths():
     _, s_c = m.prefill(x)
     torch.testing.assert_close(s_c.ssm, s_t.ssm, rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(s_c.conv, s_t.conv)
+
+
+def denoise_once(model, device):
+    """The denoiser's logits for fixed inputs (made on the CPU, so both devices see the same numbers)."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.hparams.vocab_size, (2, 32), generator=g)
+    x_t = torch.randn(2, 32, model.hparams.d_embed, generator=g)
+    mask = torch.zeros(2, 32, dtype=torch.bool)
+    mask[:, :5] = True
+    with torch.no_grad():
+        logits, _ = model.net(x_t.to(device), torch.full((2,), 0.6, device=device), tokens.to(device), mask.to(device))
+    return logits.float().cpu()
+
+
+@pytest.mark.parametrize("train_on,precision", [("cpu", "32-true"), ("gpu", "bf16-mixed")])
+def test_checkpoints_move_between_cpu_and_gpu(workdir, train_on, precision):
+    """Issue 6: a CPU checkpoint samples on the GPU (CUDA path) and a bf16 GPU checkpoint on the CPU (torch
+    path), and both devices compute the same denoiser from it."""
+    pytest.importorskip("mamba_ssm")
+    from dimba.checkpoint import load_for_inference
+    from dimba.diffusion.generate import SamplingConfig
+    from tests.conftest import ckpt_dir, dimba, fit_args
+
+    name = f"portable_{train_on}"
+    result = dimba(*fit_args(workdir, name, "--trainer.accelerator", train_on, "--trainer.precision", precision),
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = ckpt_dir(workdir, name) / "last.ckpt"
+    on_cpu, on_gpu = load_for_inference(path, "cpu"), load_for_inference(path, "cuda")
+    torch.testing.assert_close(denoise_once(on_gpu, "cuda"), denoise_once(on_cpu, "cpu"), rtol=2e-3, atol=2e-3)
+    for model in (on_cpu, on_gpu):
+        completions, _ = model.generate([[5, 6, 7], []], 8, SamplingConfig(steps=4, seed=0))
+        assert [len(c) for c in completions] == [8, 8]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -55,32 +56,52 @@ class StreamingBlocks(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         shard = split_dataset_by_node(self.docs, rank=self.rank * workers + worker,
                                       world_size=self.world_size * workers)
-        buffer: list[int] = []
+        eos = np.array([self.tokenizer.eos_id], dtype=np.int32)
+        carry = np.zeros(0, dtype=np.int32)
         for doc in shard:
-            buffer.extend(self.tokenizer.encode(doc["text"]) + [self.tokenizer.eos_id])
-            while len(buffer) >= self.seq_len:
-                yield torch.tensor(buffer[:self.seq_len], dtype=torch.long)
-                buffer = buffer[self.seq_len:]
+            ids = np.concatenate([carry, *self.tokenizer.encode_texts([doc["text"]]), eos])
+            n_blocks = len(ids) // self.seq_len
+            for block in ids[:n_blocks * self.seq_len].reshape(n_blocks, self.seq_len):
+                yield torch.from_numpy(block.astype(np.int64))
+            carry = ids[n_blocks * self.seq_len:]
 
 
-def pack(token_lists, eos_id: int, seq_len: int) -> np.ndarray:
-    """Join documents with EOS separators and cut into (n_blocks, seq_len) int32; the remainder is dropped."""
-    total = sum(len(ids) + 1 for ids in token_lists)
-    flat = np.empty(total, dtype=np.int32)
+def pack_into(blocks: np.ndarray, docs: Iterable[np.ndarray], eos_id: int) -> None:
+    """Fill blocks (n_blocks, seq_len) with the documents' ids joined by EOS separators, in order, and stop
+    when it is full (the caller sizes it to drop less than a block)."""
+    flat = blocks.reshape(-1)
     pos = 0
-    for ids in token_lists:
-        flat[pos:pos + len(ids)] = ids
-        flat[pos + len(ids)] = eos_id
-        pos += len(ids) + 1
-    n = total // seq_len
-    return flat[:n * seq_len].reshape(n, seq_len)
+    for ids in docs:
+        take = min(len(ids), flat.size - pos)
+        flat[pos:pos + take] = ids[:take]
+        pos += take
+        if pos == flat.size:
+            return
+        flat[pos] = eos_id
+        pos += 1
+        if pos == flat.size:
+            return
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def save_blocks(path: Path, docs: Iterable[np.ndarray], n_tokens: int, eos_id: int, seq_len: int) -> None:
+    """Pack the documents (n_tokens ids in all, separators included) into an int32 (n_blocks, seq_len) .npy
+    written through a memory map (the corpus never has to fit in memory), then renamed into place (atomic)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
+    blocks = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(n_tokens // seq_len, seq_len))
+    pack_into(blocks, docs, eos_id)
+    blocks.flush()
+    del blocks  # closes the map before the rename
     tmp.replace(path)
+
+
+def _encode_batch(batch: dict, tokenizer: Tokenizer) -> dict:
+    ids = tokenizer.encode_texts(batch["text"])
+    return {"ids": ids, "n": [len(x) for x in ids]}
+
+
+def _iter_ids(encoded, batch_size: int = 256) -> Iterator[np.ndarray]:
+    for batch in encoded.select_columns(["ids"]).with_format("numpy").iter(batch_size=batch_size):
+        yield from batch["ids"]
 
 
 class TextDataModule(L.LightningDataModule):
@@ -199,14 +220,14 @@ class TextDataModule(L.LightningDataModule):
             return
         tok, hp = self.tokenizer, self.hparams
         for split, docs in zip(("train", "val"), self._split_documents(), strict=True):
-            ids = docs.map(lambda b: {"ids": tok.encode_batch(b["text"])}, batched=True, remove_columns=["text"],
-                           num_proc=hp.num_proc if len(docs) >= 2 * hp.num_proc else None)
-            blocks = pack(ids["ids"], tok.eos_id, hp.seq_len)
-            if len(blocks) == 0:
+            encoded = docs.map(_encode_batch, fn_kwargs={"tokenizer": tok}, batched=True, remove_columns=["text"],
+                               num_proc=hp.num_proc if len(docs) >= 2 * hp.num_proc else None)
+            n_tokens = sum(encoded["n"]) + len(encoded)  # + one EOS after each document
+            if n_tokens < hp.seq_len:
                 raise DimbaError(f"the {split} split of {self.source.name!r} has fewer than seq_len = "
                                  f"{hp.seq_len} tokens; use a larger corpus or a smaller seq_len")
             paths[split].parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save_npy(paths[split], blocks)
+            save_blocks(paths[split], _iter_ids(encoded), n_tokens, tok.eos_id, hp.seq_len)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -7,15 +7,27 @@ normalisation; the ByteLevel decoder inverts it exactly.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from dimba.errors import DimbaError
 
 EOS, PAD = "<|eos|>", "<|pad|>"
+
+# One encode call of the tokenizers library keeps ~300 bytes of bookkeeping per token (measured: a 10 MB
+# line took 1.9 GB), so long texts are encoded in pieces of half a megabyte, several pieces per call (the
+# library encodes them in parallel), about 4M characters per call: a peak of the order of 1 GB.
+PIECE_CHARS = 1 << 19
+GROUP_CHARS = 1 << 22
+# The byte-level pre-tokenizer (GPT-2 pattern) never puts a non-space and a following space in one
+# pre-token, so a cut between the two cannot change the ids.
+_SAFE_CUT = re.compile(r"\S(?=[ \t\r\n])")
+_LOOKBACK = 4096
 
 
 class Tokenizer:
@@ -76,8 +88,30 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+    def encode_texts(self, texts: Iterable[str]) -> list[np.ndarray]:
+        """The int32 ids of each text, with memory bounded whatever the texts' lengths: texts are split by
+        `split_text` and the pieces encoded in groups of about GROUP_CHARS characters."""
+        parts: list[list[np.ndarray]] = []
+        group: list[tuple[int, str]] = []
+        group_size = 0
+
+        def encode_group():
+            encodings = self.hf.encode_batch([piece for _, piece in group], add_special_tokens=False)
+            for (owner, _), encoding in zip(group, encodings, strict=True):
+                parts[owner].append(np.asarray(encoding.ids, dtype=np.int32))
+            group.clear()
+
+        for i, text in enumerate(texts):
+            parts.append([])
+            for piece in split_text(text):
+                group.append((i, piece))
+                group_size += len(piece)
+                if group_size >= GROUP_CHARS:
+                    encode_group()
+                    group_size = 0
+        if group:
+            encode_group()
+        return [np.concatenate(p) if p else np.zeros(0, dtype=np.int32) for p in parts]
 
     def decode(self, ids: Iterable[int], stop_at_eos: bool = False) -> str:
         ids = list(ids)
@@ -86,12 +120,36 @@ class Tokenizer:
         return self.hf.decode(ids, skip_special_tokens=False)
 
 
+def _last_safe_cut(text: str, start: int, end: int) -> int | None:
+    cut = None
+    for match in _SAFE_CUT.finditer(text, start, end):
+        cut = match.end()
+    return cut
+
+
+def split_text(text: str, max_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """Pieces of at most max_chars characters, in order, cut where the pre-tokenizer always cuts (between a
+    non-space and a space): encoding the pieces one by one gives exactly the ids of the whole text. Where a
+    stretch of max_chars has no such place (binary junk, an endless word) it is cut there anyway, and only
+    at that cut may the ids differ from encoding the whole."""
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        # Search the end of the window first: a full scan of normal text would make a match per word.
+        cut = (_last_safe_cut(text, max(start + 1, end - _LOOKBACK), end)
+               or _last_safe_cut(text, start + 1, end) or end)
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 def iter_texts(texts: Iterable[str], max_chars: int) -> Iterator[str]:
-    """Yield texts up to max_chars characters in all, cutting the last one (bounds tokenizer training time
-    and memory on huge corpora, and on a single huge document)."""
+    """Yield texts up to max_chars characters in all, cutting the last one, in pieces (`split_text`):
+    bounds tokenizer training time and memory on huge corpora and on a single huge document. The pieces
+    are cut between pre-tokens, so the trainer's word counts are those of the whole texts."""
     left = max_chars
     for text in texts:
         if left <= 0:
             return
-        yield text[:left]
+        yield from split_text(text[:left])
         left -= len(text)
