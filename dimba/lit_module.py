@@ -171,6 +171,8 @@ class DimbaLM(LanguageModelBase):
         """
         if gen_len < 1:
             raise ValueError(f"the generation length must be >= 1, got {gen_len}")
+        if cfg.x0_temperature != 1.0 and self.net.x0_param != "softmax":
+            raise ValueError("x0_temperature needs a model with x0_param 'softmax' (this one regresses x0 directly)")
         batch = len(prompts)
         max_prompt = max((len(p) for p in prompts), default=0)
         length = max_prompt + gen_len

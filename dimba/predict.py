@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--x0_temperature", type=float, default=1.0,
+                   help="softmax temperature of the x0 estimate while denoising (< 1: likelier, less diverse text)")
     p.add_argument("--clamp_from", type=float, default=1.0,
                    help="fraction of steps after which x0 snaps to the nearest embedding (1 = never)")
     p.add_argument("--no_self_condition", action="store_true")
@@ -109,7 +111,8 @@ def run(args) -> None:
     prompts = read_prompts(args)
     cfg = SamplingConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
                          self_condition=not args.no_self_condition, clamp_from=args.clamp_from,
-                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                         temperature=args.temperature, top_p=args.top_p, x0_temperature=args.x0_temperature,
+                         seed=args.seed)
     model = load_for_inference(args.ckpt_path, args.device)
     tok, context = model.tokenizer, model.hparams.seq_len
     encoded = [tok.encode(p) for p in prompts]

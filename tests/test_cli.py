@@ -148,6 +148,8 @@ def test_predict_bad_inputs(trained, workdir):
     assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--output", blocker / "out.jsonl", cwd=workdir),
                          "cannot write to")
     assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--top_p", "0", cwd=workdir), "top_p")
+    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--x0_temperature", "0", cwd=workdir),
+                         "x0_temperature")
 
 
 def test_predict_reads_non_utf8_prompts_with_a_warning(trained, workdir):

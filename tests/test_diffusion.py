@@ -161,6 +161,27 @@ def test_reverse_diffusion_with_oracle_denoiser_and_trajectory():
     assert tokens.tolist() == [[2, 0, 1, 3]] and len(traj) == 6
 
 
+def test_x0_temperature_sharpens_the_estimate_towards_the_likeliest_token():
+    """A denoiser torn between tokens 0 (logit 1) and 1 (logit 0): at x0 temperature 1 the loop steps towards
+    the model's own mixture, at a low temperature towards token 0's embedding."""
+    seen = []
+
+    def torn(x_t, t, self_cond, drop):
+        logits = torch.tensor([1.0, 0.0, -9.0, -9.0]).expand(1, 2, 4)
+        seen.append(self_cond)
+        return logits, torch.softmax(logits, -1) @ TABLE
+
+    sampler = DDIMSampler(NoiseSchedule())
+    for x0_temperature in (1.0, 0.05):
+        seen.clear()
+        reverse_diffusion(torn, sampler, (1, 2, 4), TABLE, SamplingConfig(steps=3, x0_temperature=x0_temperature))
+        weights = torch.softmax(torch.tensor([1.0, 0.0, -9.0, -9.0]) / x0_temperature, -1)
+        torch.testing.assert_close(seen[-1][0, 0], weights @ TABLE)  # the estimate fed back is the sharpened one
+    assert seen[-1][0, 0, 0] > 1.99  # ~ token 0's embedding (2, 0, 0, 0)
+    with pytest.raises(ValueError, match="x0_temperature"):
+        SamplingConfig(x0_temperature=0)
+
+
 def test_sample_tokens_temperature_zero_and_top_p():
     logits = torch.tensor([[4.0, 3.0, 0.0, -1.0]]).expand(5000, 4)
     assert (sample_tokens(logits, temperature=0) == 0).all()

@@ -9,18 +9,20 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     out = workdir / "eval"
     result = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--ar_ckpt_path", trained_ar,
                    "--source", workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
-                   "--steps", "2,4", "--samplers", "ddim,ddpm", "--guidance", "2", "--at_steps", 2,
-                   "--batch_size", 2, "--out_dir", out, cwd=workdir)
+                   "--steps", "2,4", "--samplers", "ddim,ddpm", "--guidance", "2", "--x0_temperatures", "0.5",
+                   "--at_steps", 2, "--batch_size", 2, "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in data["rows"]]
     assert labels[:2] == ["real continuation", "random tokens by corpus frequency"]
     assert "DIMBA ddim 4 steps" in labels and "DIMBA ddpm 2 steps" in labels
     assert "DIMBA ddim 2 steps, guidance 2.0" in labels and "DIMBA ddim 2 steps, no self-cond" in labels
-    assert "AR, temperature 1, top-p 0.9" in labels
+    assert "DIMBA ddim 2 steps, x0 temperature 0.5" in labels and "AR, temperature 1, top-p 0.9" in labels
+    real = data["rows"][0]["samples"]
+    assert len(real) == 3 and all(s["prompt"] and s["completion"] for s in real)
     assert all(r["gen_ppl"] > 1 and 0 <= r["distinct_1"] <= 1 for r in data["rows"])
     assert set(data["parameters"]) == {"dimba", "judge", "ar"}
-    for name in ("results.md", "quality_vs_steps.png", "quality_vs_latency.png"):
+    for name in ("results.md", "quality_vs_steps.png", "quality_vs_entropy.png", "quality_vs_latency.png"):
         assert (out / name).stat().st_size > 0
     assert list(out.glob("events.out.tfevents*"))
 

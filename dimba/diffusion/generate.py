@@ -30,6 +30,10 @@ class SamplingConfig:
     self_condition: bool = True  # feed the previous x0 estimate back (if the model was trained with it)
     clamp_from: float = 1.0  # fraction of the steps after which x0_hat snaps to the nearest embedding; 1 = never
     temperature: float = 1.0  # on the final projection; 0 = argmax
+    # Softmax temperature of x0_hat = softmax(logits / x0_temperature) E inside the loop (softmax-x0 models
+    # only): below 1 the estimate leans to the likeliest tokens, the diffusion analogue of a lower AR
+    # temperature (less diverse, judged more fluent); 1 = the model's own estimate.
+    x0_temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     warped_steps: bool = True  # space the steps by the learned time warp when the model has one
@@ -39,6 +43,8 @@ class SamplingConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not 0 <= self.clamp_from <= 1:
             raise ValueError(f"clamp_from must be in [0, 1], got {self.clamp_from}")
+        if self.x0_temperature <= 0:
+            raise ValueError(f"x0_temperature must be > 0, got {self.x0_temperature}")
 
 
 @torch.no_grad()
@@ -69,6 +75,8 @@ def reverse_diffusion(denoise: Denoise, sampler: DDIMSampler, shape: tuple[int, 
             logits_u, x0_u = denoise(x, t, self_cond, drop_all)
             logits = logits_u + cfg.guidance * (logits - logits_u)
             x0_hat = x0_u + cfg.guidance * (x0_hat - x0_u)
+        if cfg.x0_temperature != 1.0:
+            x0_hat = torch.softmax(logits / cfg.x0_temperature, dim=-1) @ table
         if i >= clamp_start:
             x0_hat = table[torch.cdist(x0_hat, table.expand(batch, *table.shape)).argmin(-1)]
         self_cond = x0_hat if cfg.self_condition else None

@@ -10,10 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def is_step_curve(row: dict) -> bool:
+    """DIMBA rows that differ only in sampler and steps (no guidance, self-conditioning on, x0 temperature 1)."""
+    return (row["model"] == "dimba" and row["guidance"] == 1.0 and row["self_condition"]
+            and row.get("x0_temperature", 1.0) == 1.0)
+
+
 def quality_vs_steps(rows: list[dict], path: Path) -> plt.Figure:
     """gen-PPL (log) and unigram entropy against DIMBA's steps, per sampler, with AR and real text as lines."""
     fig, (ax_ppl, ax_ent) = plt.subplots(1, 2, figsize=(11, 4))
-    dimba = [r for r in rows if r["model"] == "dimba" and r["guidance"] == 1.0 and r["self_condition"]]
+    dimba = [r for r in rows if is_step_curve(r)]
     for sampler in sorted({r["sampler"] for r in dimba}):
         pts = sorted((r["steps"], r["gen_ppl"], r["entropy_bits"]) for r in dimba if r["sampler"] == sampler)
         ax_ppl.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
@@ -40,8 +46,7 @@ def quality_vs_latency(rows: list[dict], path: Path) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     for sampler in sorted({r["sampler"] for r in rows if r["model"] == "dimba"}):
         pts = sorted((r["latency_b1_s"], r["gen_ppl"], r["steps"]) for r in rows
-                     if r["model"] == "dimba" and r["sampler"] == sampler and r["guidance"] == 1.0
-                     and r["self_condition"])
+                     if is_step_curve(r) and r["sampler"] == sampler)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
         for x, y, steps in pts:
             ax.annotate(str(steps), (x, y), fontsize=7)
@@ -53,6 +58,22 @@ def quality_vs_latency(rows: list[dict], path: Path) -> plt.Figure:
     ax.set_xlabel("latency per sample at batch 1 (s)")
     ax.set_ylabel("gen-PPL (judge)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def quality_vs_entropy(rows: list[dict], path: Path) -> plt.Figure:
+    """gen-PPL against the samples' unigram entropy, every row a point: fluency bought with dull text shows
+    as a move down and to the left; real text marks where both should be."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    markers = {"reference": "*", "random": "x", "ar": "s", "dimba": "o"}
+    for r in rows:
+        ax.plot(r["entropy_bits"], r["gen_ppl"], markers.get(r["model"], "o"), label=r["label"])
+    ax.set_yscale("log")
+    ax.set_xlabel("unigram entropy of the samples (bits)")
+    ax.set_ylabel("gen-PPL (judge)")
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig

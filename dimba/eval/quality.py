@@ -1,10 +1,11 @@
-"""`dimba eval`: generation quality of DIMBA (against steps, sampler, guidance, self-conditioning) and of
-the AR baseline, on held-out prompts, judged by a separate AR model.
+"""`dimba eval`: generation quality of DIMBA (against steps, sampler, guidance, x0 temperature,
+self-conditioning) and of the AR baseline, on held-out prompts, judged by a separate AR model.
 
 For each setting: gen-PPL (the judge's perplexity of the completion given the prompt), unigram entropy,
 distinct-1..4 and the repeated-4-gram rate, plus latency. The real continuation (the floor) and tokens drawn
-at random by corpus frequency (the ceiling) are scored the same way. Writes results.json, results.md,
-quality_vs_steps.png, quality_vs_latency.png and TensorBoard events to --out_dir.
+at random by corpus frequency (the ceiling) are scored the same way. Writes results.json (with a few
+decoded samples per row), results.md, quality_vs_steps.png, quality_vs_entropy.png, quality_vs_latency.png
+and TensorBoard events to --out_dir.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplers", type=csv_list(str), default=["ddim", "ddpm"])
     p.add_argument("--ddpm_steps", type=csv_list(int), default=None, help="steps for ddpm (default: --steps)")
     p.add_argument("--guidance", type=csv_list(float), default=[1.5, 3.0], help="extra CFG scales at --at_steps")
-    p.add_argument("--at_steps", type=int, default=32, help="steps of the guidance / self-cond ablation rows")
+    p.add_argument("--x0_temperatures", type=csv_list(float), default=[],
+                   help="extra x0 softmax temperatures at --at_steps")
+    p.add_argument("--at_steps", type=int, default=32,
+                   help="steps of the guidance / x0-temperature / self-cond ablation rows")
+    p.add_argument("--samples", type=int, default=3, help="decoded completions kept per row in results.json")
     p.add_argument("--ar_top_p", type=float, default=0.9)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -100,9 +105,10 @@ def run_generator(generate, prompts, batch_size):
     return out, per_sample, float(np.median(singles))
 
 
-def row(label, model, judge, prompts, completions, **extra) -> dict:
-    return {"label": label, "model": model, "gen_ppl": judge_ppl(judge, prompts, completions),
-            **diversity(completions), **extra}
+def dimba_label(cfg: SamplingConfig) -> str:
+    return (f"DIMBA {cfg.sampler} {cfg.steps} steps" + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else "")
+            + (f", x0 temperature {cfg.x0_temperature}" if cfg.x0_temperature != 1 else "")
+            + ("" if cfg.self_condition else ", no self-cond"))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -121,25 +127,34 @@ def evaluate(args) -> list[dict]:
         raise DimbaError("the judge was trained with another tokenizer than the DIMBA model")
     prompts, refs, freq = held_out_prompts(model, args.source, args.prompt_len, args.gen_len, args.num_prompts,
                                            args.out_dir)
-    rows = [row("real continuation", "reference", judge, prompts, refs)]
+
+    tok = model.tokenizer
+
+    def row(label, model_kind, completions, **extra) -> dict:
+        samples = [{"prompt": tok.decode(p), "completion": tok.decode(c)}
+                   for p, c in zip(prompts[:args.samples], completions[:args.samples], strict=True)]
+        return {"label": label, "model": model_kind, "gen_ppl": judge_ppl(judge, prompts, completions),
+                **diversity(completions), **extra, "samples": samples}
+
+    rows = [row("real continuation", "reference", refs)]
     rng = np.random.default_rng(args.seed)
     random_tokens = rng.choice(len(freq), size=(len(prompts), args.gen_len), p=freq).tolist()
-    rows.append(row("random tokens by corpus frequency", "random", judge, prompts, random_tokens))
+    rows.append(row("random tokens by corpus frequency", "random", random_tokens))
 
-    settings = [(s, n, 1.0, True) for s in args.samplers
+    def config(**kw) -> SamplingConfig:
+        return SamplingConfig(seed=args.seed, **kw)
+
+    settings = [config(sampler=s, steps=n) for s in args.samplers
                 for n in ((args.ddpm_steps or args.steps) if s == "ddpm" else args.steps)]
-    settings += [("ddim", args.at_steps, g, True) for g in args.guidance]
-    settings.append(("ddim", args.at_steps, 1.0, False))
-    for sampler, steps, guidance, self_cond in tqdm(settings, desc="DIMBA settings", file=sys.stderr):
-        cfg = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, self_condition=self_cond,
-                             seed=args.seed)
+    settings += [config(steps=args.at_steps, guidance=g) for g in args.guidance]
+    settings += [config(steps=args.at_steps, x0_temperature=x) for x in args.x0_temperatures]
+    settings.append(config(steps=args.at_steps, self_condition=False))
+    for cfg in tqdm(settings, desc="DIMBA settings", file=sys.stderr):
         gen = lambda batch, cfg=cfg: model.generate(batch, args.gen_len, cfg)[0]
         completions, per_sample, latency = run_generator(gen, prompts, args.batch_size)
-        label = f"DIMBA {sampler} {steps} steps" + (f", guidance {guidance}" if guidance != 1 else "") + \
-            ("" if self_cond else ", no self-cond")
-        rows.append(row(label, "dimba", judge, prompts, completions, sampler=sampler, steps=steps,
-                        guidance=guidance, self_condition=self_cond, seconds_per_sample=per_sample,
-                        latency_b1_s=latency))
+        rows.append(row(dimba_label(cfg), "dimba", completions, sampler=cfg.sampler, steps=cfg.steps,
+                        guidance=cfg.guidance, self_condition=cfg.self_condition, x0_temperature=cfg.x0_temperature,
+                        seconds_per_sample=per_sample, latency_b1_s=latency))
     if args.ar_ckpt_path:
         ar = load_for_inference(args.ar_ckpt_path, args.device)
         if not isinstance(ar, ARLM):
@@ -147,15 +162,16 @@ def evaluate(args) -> list[dict]:
         for top_p in (1.0, args.ar_top_p):
             gen = lambda batch, top_p=top_p: ar.generate(batch, args.gen_len, 1.0, top_p, args.seed)
             completions, per_sample, latency = run_generator(gen, prompts, args.batch_size)
-            rows.append(row(f"AR, temperature 1{f', top-p {top_p}' if top_p < 1 else ''}", "ar", judge, prompts,
-                            completions, top_p=top_p, seconds_per_sample=per_sample, latency_b1_s=latency))
+            label = f"AR, temperature 1{f', top-p {top_p}' if top_p < 1 else ''}"
+            rows.append(row(label, "ar", completions, top_p=top_p, seconds_per_sample=per_sample,
+                            latency_b1_s=latency))
     return rows
 
 
 def write_outputs(rows: list[dict], args, params: dict) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    from dimba.eval.plots import quality_vs_latency, quality_vs_steps
+    from dimba.eval.plots import quality_vs_entropy, quality_vs_latency, quality_vs_steps
 
     out = args.out_dir
     (out / "results.json").write_text(json.dumps({"settings": vars(args) | {"out_dir": str(out)},
@@ -165,6 +181,7 @@ def write_outputs(rows: list[dict], args, params: dict) -> None:
     writer = SummaryWriter(str(out))
     writer.add_text("results", table)
     writer.add_figure("quality_vs_steps", quality_vs_steps(rows, out / "quality_vs_steps.png"))
+    writer.add_figure("quality_vs_entropy", quality_vs_entropy(rows, out / "quality_vs_entropy.png"))
     if any(r.get("latency_b1_s") for r in rows):
         writer.add_figure("quality_vs_latency", quality_vs_latency(rows, out / "quality_vs_latency.png"))
     writer.close()
