@@ -57,3 +57,31 @@ def test_curves_plot_from_a_training_run(trained, workdir):
     acc = numbers[run_dir.name]["acc_by_t"]
     assert set(acc) == {"0.1", "0.3", "0.5", "0.7", "0.9"} and all(0 <= v <= 1 for v in acc.values())
     assert out.stat().st_size > 0
+
+
+def test_compare_puts_one_row_of_several_evals_side_by_side(tmp_path):
+    import subprocess
+    import sys
+
+    def fake_eval(name, gen_ppl):
+        row = lambda label, model, ppl: {"label": label, "model": model, "gen_ppl": ppl, "entropy_bits": 8.0,
+                                         "samples": [{"prompt": "a", "completion": f"{name} text"}]}
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [row("real continuation", "reference", 50.0), row("random tokens by corpus frequency", "random", 8e3),
+                row("DIMBA ddim 32 steps", "dimba", gen_ppl)]
+        (folder / "results.json").write_text(json.dumps({"rows": rows}))
+        return folder
+
+    runs = [fake_eval("rung_a", 4000.0), fake_eval("rung_b", 3000.0)]
+    out = tmp_path / "ladder.png"
+    cmd = [sys.executable, "-m", "dimba.eval.compare", *map(str, runs), "--row", "DIMBA ddim 32 steps",
+           "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = out.with_suffix(".md").read_text()
+    assert "| rung_a | 4e+03 |" in table and "| rung_b | 3e+03 |" in table and "rung_b text" in table
+    assert table.count("| real continuation |") == 1 and out.stat().st_size > 0
+    missing = subprocess.run(cmd[:-4] + ["--row", "DIMBA ddim 64 steps", "--out", str(out)], capture_output=True,
+                             text=True)
+    assert missing.returncode == 2 and "has no row 'DIMBA ddim 64 steps'" in missing.stderr

@@ -1,0 +1,57 @@
+"""One setting of several `dimba eval` runs side by side (an ablation): gen-PPL against entropy, one point per
+run, with the real continuation and random tokens as references, plus a Markdown table and a few samples.
+
+    python -m dimba.eval.compare runs/eval_abl_paper runs/eval_abl_norm --row "DIMBA ddim 32 steps" \\
+        --out docs/img/ladder.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dimba.errors import DimbaError
+
+
+def pick_rows(eval_dirs: list[Path], label: str) -> list[dict]:
+    """The references of the first run, then the row called `label` of each run, relabelled by its folder."""
+    rows = []
+    for i, folder in enumerate(eval_dirs):
+        path = folder / "results.json"
+        if not path.is_file():
+            raise DimbaError(f"no results.json in {folder} (run `dimba eval --out_dir {folder}` first)")
+        run_rows = json.loads(path.read_text())["rows"]
+        if i == 0:
+            rows += [r for r in run_rows if r["model"] in ("reference", "random")]
+        match = [r for r in run_rows if r["label"] == label]
+        if not match:
+            raise DimbaError(f"{path} has no row {label!r}; it has: {', '.join(r['label'] for r in run_rows)}")
+        rows.append(match[0] | {"label": folder.name})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("eval_dirs", nargs="+", type=Path, help="output folders of `dimba eval`")
+    parser.add_argument("--row", required=True, help="the row label to compare, e.g. 'DIMBA ddim 32 steps'")
+    parser.add_argument("--out", type=Path, required=True, help="PNG path; .md (table and samples) written beside")
+    args = parser.parse_args(argv)
+    try:
+        rows = pick_rows(args.eval_dirs, args.row)
+    except DimbaError as err:
+        parser.exit(2, f"error: {err}\n")
+
+    from dimba.eval.plots import quality_vs_entropy
+    from dimba.eval.quality import markdown
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    quality_vs_entropy(rows, args.out)
+    samples = "".join(f"\n**{r['label']}**: {json.dumps(r['samples'][0]['completion'])}\n"
+                      for r in rows if r.get("samples"))
+    args.out.with_suffix(".md").write_text(markdown(rows) + samples)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
