@@ -35,14 +35,15 @@ def test_eval_refuses_swapped_checkpoints(trained, trained_ar, workdir):
 
 def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     out = workdir / "bench"
-    result = dimba("bench", "--quick", "--ckpt_path", trained, "--ar_ckpt_path", trained_ar, "--out_dir", out,
-                   cwd=workdir)
+    result = dimba("bench", "--quick", "--threads", 1, "--ckpt_path", trained, "--ar_ckpt_path", trained_ar,
+                   "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "bench.json").read_text())
     models = {r["model"] for r in data["generation"]}
     assert models == {"AR", "DIMBA"} and all(r["tokens_per_s"] > 0 for r in data["generation"])
     assert set(data["training"]) == {"DIMBA", "AR"} and data["length_sweep"]["lengths"] == [256, 512]
     assert (out / "bench.md").read_text().startswith("Machine:") and (out / "bench.png").stat().st_size > 0
+    assert "1 torch threads" in data["machine"]
 
 
 def test_curves_plot_from_a_training_run(trained, workdir):

@@ -23,6 +23,7 @@ import yaml
 
 from dimba.checkpoint import load_for_inference
 from dimba.diffusion.generate import SamplingConfig
+from dimba.errors import DimbaError
 from dimba.eval.timing import loglog_slope, machine_description, median_seconds
 from dimba.lit_ar import ARLM
 from dimba.lit_module import DimbaLM
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's). Batch-1 decoding on a small CPU is often faster with 1")
     p.add_argument("--quick", action="store_true", help="a tiny grid (smoke test)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/bench"))
     return p
@@ -197,6 +200,10 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     defaults(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DimbaError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dimba, ar = load_models(args)
     print(f"# {machine_description(args.device)}", file=sys.stderr)
