@@ -58,6 +58,11 @@ def test_curves_plot_from_a_training_run(trained, workdir):
     acc = numbers[run_dir.name]["acc_by_t"]
     assert set(acc) == {"0.1", "0.3", "0.5", "0.7", "0.9"} and all(0 <= v <= 1 for v in acc.values())
     assert out.stat().st_size > 0
+    empty = workdir / "no_events"
+    empty.mkdir(exist_ok=True)
+    missing = subprocess.run([sys.executable, "-m", "dimba.eval.curves", str(empty), "--out", str(out)],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: no TensorBoard event files under {empty}"
 
 
 def test_compare_puts_one_row_of_several_evals_side_by_side(tmp_path):

@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     quality_vs_entropy(rows, args.out)
     samples = "".join(f"\n**{r['label']}**: {json.dumps(r['samples'][0]['completion'])}\n"
                       for r in rows if r.get("samples"))
-    args.out.with_suffix(".md").write_text(markdown(rows) + samples)
-    print(markdown(rows))
+    table = markdown(rows)
+    args.out.with_suffix(".md").write_text(table + samples)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     fig, (ax_loss, ax_acc, ax_ce) = plt.subplots(1, 3, figsize=(15, 4))
     numbers = {}
     for run in args.runs:
-        scalars = read_scalars(run)
+        try:
+            scalars = read_scalars(run)
+        except DimbaError as err:
+            parser.exit(2, f"error: {err}\n")
         name = run.name
         if "train/loss" in scalars:
             steps, values = zip(*scalars["train/loss"], strict=True)
