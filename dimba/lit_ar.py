@@ -58,6 +58,9 @@ class ARLM(LanguageModelBase):
         """6 x parameters (Kaplan et al. 2020)."""
         return 6.0 * self.num_parameters()
 
+    def generation_call(self):
+        return self.net.step
+
     @torch.no_grad()
     def score(self, tokens: Tensor, mask: Tensor) -> tuple[float, int]:
         """Summed negative log-likelihood (nats) of the tokens where mask is True, each predicted from all
@@ -87,11 +90,11 @@ class ARLM(LanguageModelBase):
             last_logits.append(logits)
             states.append(state)
         logits, state = torch.cat(last_logits), stack_states(states)
-        out = []
+        step, out = self.compiled_generation_call(), []
         for _ in range(gen_len):
             token = sample_tokens(logits, temperature, top_p, generator)
             out.append(token)
-            logits, state = self.net.step(token, state)
+            logits, state = step(token, state)
         return torch.stack(out, dim=1).tolist()
 
 

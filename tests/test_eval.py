@@ -44,6 +44,17 @@ def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     assert set(data["training"]) == {"DIMBA", "AR"} and data["length_sweep"]["lengths"] == [256, 512]
     assert (out / "bench.md").read_text().startswith("Machine:") and (out / "bench.png").stat().st_size > 0
     assert "1 torch threads" in data["machine"]
+    assert data["compiled"] is False and "generation eager" in (out / "bench.md").read_text()
+
+
+def test_bench_compiled(trained, trained_ar, workdir):
+    out = workdir / "bench_compiled"
+    result = dimba("bench", "--quick", "--compile", "--batches", 1, "--threads", 1, "--ckpt_path", trained,
+                   "--ar_ckpt_path", trained_ar, "--out_dir", out, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "bench.json").read_text())
+    assert data["compiled"] is True and "generation torch.compile" in (out / "bench.md").read_text()
+    assert {r["model"] for r in data["generation"]} == {"AR", "DIMBA"}
 
 
 def test_curves_plot_from_a_training_run(trained, workdir):

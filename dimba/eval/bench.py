@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). Batch-1 decoding on a small CPU is often faster with 1")
+    p.add_argument("--compile", action="store_true",
+                   help="generate through torch.compile (both models; each cell compiles at its warm-up call)")
     p.add_argument("--quick", action="store_true", help="a tiny grid (smoke test)")
     p.add_argument("--out_dir", type=Path, default=Path("runs/bench"))
     return p
@@ -98,6 +100,10 @@ def generation_grid(dimba: DimbaLM, ar: ARLM, args) -> list[dict]:
             cells += [("DIMBA", s, partial(dimba.generate, prompts, length, SamplingConfig(steps=s, seed=0)))
                       for s in args.steps]
             for name, steps, fn in cells:
+                if args.compile:
+                    # Fresh graphs per cell: the shapes of earlier cells must not use up the recompile
+                    # limit and send this one back to eager.
+                    torch.compiler.reset()
                 if args.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 with torch.no_grad(), autocast(args):
@@ -158,7 +164,9 @@ def training_throughput(model, args, seq_len: int = 128) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}; precision {result['precision']}", "",
+    compiled = "torch.compile" if result.get("compiled") else "eager"
+    lines = [f"Machine: {result['machine']}; precision {result['precision']}; generation {compiled} "
+             "(training and the length sweep eager)", "",
              "| model | params | train tok/s | FLOPs/token | MFU |", "|---|---|---|---|---|"]
     for name, t in result["training"].items():
         mfu = f"{t['mfu']:.1%}" if t.get("mfu") is not None else "n/a (CPU)"
@@ -206,13 +214,17 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dimba, ar = load_models(args)
+    if args.compile:
+        dimba.compile_generation()
+        ar.compile_generation()
     print(f"# {machine_description(args.device)}", file=sys.stderr)
     print(f"# parameters: DIMBA {dimba.num_parameters():,}, AR {ar.num_parameters():,}", file=sys.stderr)
     peak = matmul_tflops(args.device)
     training = {"DIMBA": training_throughput(dimba, args), "AR": training_throughput(ar, args)}
     for t in training.values():
         t["mfu"] = t["tflops"] / peak if peak else None
-    result = {"machine": machine_description(args.device), "precision": args.precision, "matmul_tflops": peak,
+    result = {"machine": machine_description(args.device), "precision": args.precision, "compiled": args.compile,
+              "matmul_tflops": peak,
               "training": training, "generation": generation_grid(dimba, ar, args),
               "length_sweep": length_sweep(dimba, args), "settings": {k: str(v) for k, v in vars(args).items()}}
     args.out_dir.mkdir(parents=True, exist_ok=True)

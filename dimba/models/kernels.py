@@ -12,13 +12,25 @@ from types import SimpleNamespace
 log = logging.getLogger(__name__)
 
 
-@functools.cache
+_UNPROBED = object()
+_kernels: SimpleNamespace | None | object = _UNPROBED
+
+
 def mamba_kernels() -> SimpleNamespace | None:
     """mamba-ssm's Triton SSD kernels and, when installed, causal-conv1d's; None if mamba-ssm is absent.
 
     Returns a namespace with `chunk_scan` (mamba_chunk_scan_combined), `split_conv1d_scan` (the fused
     path) and `causal_conv1d_fn` (None without causal-conv1d, in which case only the unfused path runs).
+    Probed on the first call and kept in a module global rather than a functools cache: torch.compile
+    traces through cache wrappers, and a traced failed import breaks the graph at every mixer.
     """
+    global _kernels
+    if _kernels is _UNPROBED:
+        _kernels = _probe_kernels()
+    return _kernels
+
+
+def _probe_kernels() -> SimpleNamespace | None:
     try:
         from mamba_ssm.ops.triton.ssd_combined import (
             mamba_chunk_scan_combined,

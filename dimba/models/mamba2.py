@@ -213,12 +213,12 @@ class Mamba2(nn.Module):
             if not kernels_ok:
                 raise RuntimeError("impl='cuda' needs mamba-ssm (`make install-cuda`); it did not import")
             return "cuda"
-        if x.is_cuda and kernels_ok:
-            announce_impl("cuda", "CUDA tensors and mamba-ssm available")
-            return "cuda"
-        announce_impl("torch", "CUDA tensors" if x.is_cuda else "CPU tensors"
-                      + ("" if kernels_ok else ", mamba-ssm not importable"))
-        return "torch"
+        choice = "cuda" if x.is_cuda and kernels_ok else "torch"
+        if not torch.compiler.is_compiling():  # logging inside a traced region would break the graph
+            announce_impl(choice, "CUDA tensors and mamba-ssm available" if choice == "cuda" else
+                          ("CUDA tensors" if x.is_cuda else "CPU tensors")
+                          + ("" if kernels_ok else ", mamba-ssm not importable"))
+        return choice
 
     # ------------------------------------------------------------------ full-sequence forward
     def forward(self, u: Tensor) -> Tensor:
