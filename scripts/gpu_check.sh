@@ -20,7 +20,11 @@ python -m pytest -q -m gpu -s tests/test_gpu.py > "$OUT/parity.log" 2>&1; parity
 python -m dimba.eval.bench_mamba2 --device cuda > "$OUT/bench_mamba2.txt" 2>&1
 python -m dimba bench --device cuda --out_dir "$OUT/bench" > "$OUT/bench.log" 2>&1
 python -m dimba bench --device cuda --precision bf16 --out_dir "$OUT/bench_bf16" > "$OUT/bench_bf16.log" 2>&1
+# Both models through torch.compile (each cell compiles first): the AR baseline at its fastest, batch 1.
+timeout 300 python -m dimba bench --device cuda --compile --lengths 128,1024,4096 --steps 8,32 --batches 1 \
+  --out_dir "$OUT/bench_compiled" > "$OUT/bench_compiled.log" 2>&1
 echo "== $(cat "$OUT/gpu.txt" | tail -1), commit $(cat "$OUT/commit.txt")"
 echo "== parity tests: exit $parity"; grep -E "passed|failed|out [0-9]" "$OUT/parity.log" | tail -12
 echo "== mixer"; grep -E "^\|" "$OUT/bench_mamba2.txt" | head -8
 echo "== dimba bench"; head -30 "$OUT/bench/bench.md" 2>/dev/null
+echo "== dimba bench --compile"; grep -E "^\| (AR|DIMBA) \| [0-9-]+ \| [0-9]+ \| 1 " "$OUT/bench_compiled/bench.md" 2>/dev/null
