@@ -13,7 +13,7 @@ from torch import Tensor
 
 from dimba.lit_base import LanguageModelBase
 from dimba.models.ar import ARLanguageModel, stack_states
-from dimba.sampling import sample_tokens
+from dimba.sampling import sample_tokens, sampling_generator
 
 
 class ARLM(LanguageModelBase):
@@ -78,11 +78,7 @@ class ARLM(LanguageModelBase):
         if gen_len < 1:
             raise ValueError(f"the generation length must be >= 1, got {gen_len}")
         eos = self.tokenizer.eos_id if self.tokenizer is not None else 0
-        generator = torch.Generator(device=self.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
+        generator = sampling_generator(seed, self.device)
         last_logits, states = [], []
         for prompt in prompts:
             ids = torch.tensor([[eos, *prompt]], dtype=torch.long, device=self.device)

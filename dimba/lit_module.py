@@ -12,6 +12,7 @@ from dimba.diffusion.schedules import NoiseSchedule
 from dimba.diffusion.time_warp import TimeWarp
 from dimba.lit_base import LanguageModelBase
 from dimba.models.denoiser import DimbaDenoiser
+from dimba.sampling import sampling_generator
 
 VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 T_MIN = 1e-3  # t = 0 exactly is a noiseless, uninformative training example
@@ -138,7 +139,7 @@ class DimbaLM(LanguageModelBase):
         tokens = batch
         B = tokens.shape[0]
         no_prompt = torch.zeros_like(tokens, dtype=torch.bool)
-        gen = torch.Generator(device=self.device).manual_seed(batch_idx)
+        gen = sampling_generator(batch_idx, self.device, stream="validation")
         noise = torch.randn(*tokens.shape, self.hparams.d_embed, generator=gen, device=self.device)
         totals = []
         for tv in VAL_TIMES:

@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor
+
+
+def sampling_generator(seed: int | None, device: torch.device | str = "cpu", stream: str = "sampling"
+                       ) -> torch.Generator:
+    """A generator for sampling noise and tokens: fresh entropy for seed None, else seeded from a hash of
+    (stream, seed) rather than from `seed` itself.
+
+    Why the hash: `torch.Generator().manual_seed(s)` replays the stream that `torch.manual_seed(s)` (and so
+    `seed_everything: s`) gave the model's initialisation. Seen here: with seed 0, a batch of 64 x 128
+    positions of 64-d starting noise held the model's initial embedding table in its second half (tokens
+    0..4095 in order); the sampler kept that "sequence" and those samples were judged at 12 nats/token
+    against 8.2 for real noise. `stream` separates uses that must not share draws (sampling, validation).
+    """
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # fresh entropy, without touching the global RNG
+    else:
+        digest = hashlib.blake2b(f"{stream}:{int(seed)}".encode(), digest_size=8).digest()
+        generator.manual_seed(int.from_bytes(digest, "little") >> 1)  # manual_seed takes < 2**63 safely
+    return generator
 
 
 def sample_tokens(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0,

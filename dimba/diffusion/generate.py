@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.diffusion.time_warp import TimeWarp
-from dimba.sampling import sample_tokens
+from dimba.sampling import sample_tokens, sampling_generator
 
 Denoise = Callable[[Tensor, Tensor, Tensor | None, Tensor | None], tuple[Tensor, Tensor]]
 
@@ -57,11 +57,7 @@ def reverse_diffusion(denoise: Denoise, sampler: DDIMSampler, shape: tuple[int, 
     Returns the sampled tokens (B, L) from the last call's logits, and (if asked) the argmax tokens
     after each step.
     """
-    generator = torch.Generator(device=device)
-    if cfg.seed is None:
-        generator.seed()  # fresh entropy, without touching the global RNG
-    else:
-        generator.manual_seed(cfg.seed)
+    generator = sampling_generator(cfg.seed, device)
     batch = shape[0]
     x = torch.randn(shape, generator=generator, device=device)
     times = sampler.timesteps(cfg.steps, warp if cfg.warped_steps else None)
