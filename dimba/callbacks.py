@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import Timer, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from dimba.diffusion.generate import SamplingConfig
@@ -115,6 +116,16 @@ class CheckpointOnStop(L.Callback):
         self._sigusr1 = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        # Lightning's Timer carries the elapsed time across a resume (restored before on_fit_start), so resuming
+        # a run that max_time stopped, with the same or a smaller max_time, would end at once without a step.
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is not None and remaining <= 0:
+            elapsed = timer.time_elapsed()
+            hms = lambda seconds: str(timedelta(seconds=round(seconds)))
+            raise DimbaError(f"this run has already trained for {hms(elapsed)}, its whole max_time "
+                             f"({hms(elapsed - remaining)}, counted across resumes): raise --trainer.max_time "
+                             "to continue it")
         # SIGUSR1 ends a process by default; under SLURM Lightning installs its own requeue handler, which is
         # left alone. Elsewhere, stop after the current step with a checkpoint, as for SIGTERM.
         if (threading.current_thread() is threading.main_thread()
