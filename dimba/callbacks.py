@@ -109,7 +109,8 @@ class CheckpointOnStop(L.Callback):
     after a periodic save, the steps since it were lost (75 steps of a 28-minute run, seen here). This
     overwrites the `last` file ModelCheckpoint tracks in exactly that case. List it before EMA: its
     on_train_end must run before EMA copies the average into the training weights. (SLURM's SIGUSR1
-    requeue is Lightning's own.)
+    requeue is Lightning's own.) It also refuses, with a clear error, to resume a run whose max_time is
+    already spent, which Lightning would end at once without a step.
     """
 
     def __init__(self):

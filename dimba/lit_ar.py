@@ -86,7 +86,7 @@ class ARLM(LanguageModelBase):
             last_logits.append(logits)
             states.append(state)
         logits, state = torch.cat(last_logits), stack_states(states)
-        step, out = self.compiled_generation_call(), []
+        step, out = self.generation_fn(), []
         for _ in range(gen_len):
             token = sample_tokens(logits, temperature, top_p, generator)
             out.append(token)

@@ -97,8 +97,9 @@ class LanguageModelBase(L.LightningModule):
         """The network call that generation repeats (the AR step, the denoiser's forward); subclasses name it."""
         raise NotImplementedError
 
-    def compiled_generation_call(self) -> Callable:
-        """generation_call, through torch.compile once `compile_generation` has been called."""
+    def generation_fn(self) -> Callable:
+        """What generation calls: generation_call itself, or its torch.compile'd version once
+        `compile_generation` has run."""
         return self._compiled_call or self.generation_call()
 
     def compile_generation(self) -> None:

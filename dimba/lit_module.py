@@ -188,7 +188,7 @@ class DimbaLM(LanguageModelBase):
         sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
         cfg_sc = cfg.self_condition and self.net.self_conditioning
 
-        net = self.compiled_generation_call()
+        net = self.generation_fn()
 
         def denoise(x_t, t, self_cond, drop):
             return net(x_t, t, tokens, mask, self_cond if cfg_sc else None, drop)

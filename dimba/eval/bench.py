@@ -224,8 +224,7 @@ def main(argv: list[str]) -> None:
     for t in training.values():
         t["mfu"] = t["tflops"] / peak if peak else None
     result = {"machine": machine_description(args.device), "precision": args.precision, "compiled": args.compile,
-              "matmul_tflops": peak,
-              "training": training, "generation": generation_grid(dimba, ar, args),
+              "matmul_tflops": peak, "training": training, "generation": generation_grid(dimba, ar, args),
               "length_sweep": length_sweep(dimba, args), "settings": {k: str(v) for k, v in vars(args).items()}}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "bench.json").write_text(json.dumps(result, indent=2))

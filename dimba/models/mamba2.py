@@ -214,10 +214,14 @@ class Mamba2(nn.Module):
                 raise RuntimeError("impl='cuda' needs mamba-ssm (`make install-cuda`); it did not import")
             return "cuda"
         choice = "cuda" if x.is_cuda and kernels_ok else "torch"
-        if not torch.compiler.is_compiling():  # logging inside a traced region would break the graph
-            announce_impl(choice, "CUDA tensors and mamba-ssm available" if choice == "cuda" else
-                          ("CUDA tensors" if x.is_cuda else "CPU tensors")
-                          + ("" if kernels_ok else ", mamba-ssm not importable"))
+        if torch.compiler.is_compiling():  # logging inside a traced region would break the graph
+            return choice
+        if choice == "cuda":
+            reason = "CUDA tensors and mamba-ssm available"
+        else:
+            reason = "CUDA tensors" if x.is_cuda else "CPU tensors"
+            reason += "" if kernels_ok else ", mamba-ssm not importable"
+        announce_impl(choice, reason)
         return choice
 
     # ------------------------------------------------------------------ full-sequence forward
