@@ -160,15 +160,3 @@ def test_predict_reads_non_utf8_prompts_with_a_warning(trained, workdir):
     assert result.returncode == 0, result.stderr
     assert "not valid UTF-8" in result.stderr and result.stdout.startswith("caf\ufffd king")
 
-
-def test_resume_after_the_time_limit_needs_more_time(workdir):
-    """A run stopped by max_time, resumed with the same max_time, says so instead of ending without a step."""
-    args = fit_args(workdir, "timed", "--trainer.max_steps", "100000", "--trainer.max_time", "00:00:00:02")
-    first = dimba(*args, cwd=workdir)
-    assert first.returncode == 0, first.stderr[-3000:]
-    last = ckpt_dir(workdir, "timed") / "last.ckpt"
-    assert last.exists()
-    again = dimba(*args, "--ckpt_path", last, cwd=workdir)
-    assert again.returncode == 2 and "raise --trainer.max_time" in again.stderr, again.stderr[-2000:]
-    longer = dimba(*[a if a != "00:00:00:02" else "00:00:00:04" for a in args], "--ckpt_path", last, cwd=workdir)
-    assert longer.returncode == 0, longer.stderr[-3000:]

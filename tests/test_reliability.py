@@ -194,6 +194,20 @@ def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
     assert ckpt["global_step"] == last_logged + 1 and ckpt["global_step"] > 3
 
 
+def test_resume_after_the_time_limit_needs_more_time(workdir):
+    """A run stopped by max_time, resumed with the same max_time, says so instead of ending without a step."""
+    from tests.conftest import dimba
+    args = fit_args(workdir, "timed_resume", "--trainer.max_steps", "100000", "--trainer.max_time", "00:00:00:02")
+    first = dimba(*args, cwd=workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = ckpt_dir(workdir, "timed_resume") / "last.ckpt"
+    assert last.exists()
+    again = dimba(*args, "--ckpt_path", last, cwd=workdir)
+    assert again.returncode == 2 and "raise --trainer.max_time" in again.stderr, again.stderr[-2000:]
+    longer = dimba(*[a if a != "00:00:00:02" else "00:00:00:04" for a in args], "--ckpt_path", last, cwd=workdir)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+
+
 RESUME_CONFIG = """
 trainer:
   max_steps: {max_steps}
