@@ -34,7 +34,7 @@ predict:
 	dimba predict --ckpt_path $(CKPT) --prompt "$(PROMPT)"
 
 test:  ## the default suite: CPU only, no slow tests
-	$(PYTHON) -m pytest -q -m "not slow and not gpu"
+	$(PYTHON) -m pytest -q -m "not slow and not gpu" --durations=15
 
 test-slow:
 	$(PYTHON) -m pytest -q -m "slow and not gpu"

@@ -2,14 +2,14 @@
 
 import torch
 
-from dimba.lit_ar import ARLM
 from dimba.models.ar import ARLanguageModel, stack_states
+from dimba.models.config import MambaConfig
+from dimba.sampling import SamplingConfig
+from tests.helpers import TINY_NET, tiny_ar
 
 
 def tiny(**kw):
-    args = dict(d_model=32, n_layers=2, d_state=8, headdim=8, chunk_size=4, impl="torch")
-    args.update(kw)
-    return ARLanguageModel(50, **args).double().eval()
+    return ARLanguageModel(MambaConfig(**{**TINY_NET, **kw}), 50).double().eval()
 
 
 def test_step_decoding_equals_full_forward_logits():
@@ -35,11 +35,11 @@ def test_batched_states_of_different_prompt_lengths():
 
 
 def test_generate_and_score():
-    model = ARLM(vocab_size=50, d_model=32, n_layers=1, d_state=8, headdim=8, chunk_size=4, impl="torch")
-    out = model.generate([[1, 2, 3], []], 5, temperature=1.0, top_p=0.9, seed=0)
+    model = tiny_ar(net=dict(n_layers=1))
+    out = model.generate([[1, 2, 3], []], 5, SamplingConfig(top_p=0.9, seed=0))
     assert [len(o) for o in out] == [5, 5] and all(0 <= t < 50 for o in out for t in o)
-    assert model.generate([[1]], 4, seed=3) == model.generate([[1]], 4, seed=3)
-    greedy = model.generate([[1, 2]], 3, temperature=0)
+    assert model.generate([[1]], 4, SamplingConfig(seed=3)) == model.generate([[1]], 4, SamplingConfig(seed=3))
+    greedy = model.generate([[1, 2]], 3, SamplingConfig(temperature=0))
     # Greedy decoding picks the argmax of the full forward at each position.
     seq = torch.tensor([[0, 1, 2] + greedy[0]])
     logits = model.net(seq)

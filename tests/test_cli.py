@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS, ckpt_dir, dimba, fit_args
+from tests.helpers import CONFIGS, assert_clean_failure, ckpt_dir, dimba, fit_args
 
 
 def test_fit_writes_a_checkpoint_with_tokenizer_and_logs(trained, workdir):
@@ -25,25 +25,6 @@ def test_predict_prints_a_completion(trained, workdir):
     assert result.stdout.startswith("The king") and len(result.stdout.strip()) > len("The king")
 
 
-def test_predict_writes_jsonl_and_resumes(trained, workdir):
-    prompts = workdir / "prompts.txt"
-    prompts.write_text("The king\n\nThou art\n")
-    out = workdir / "out" / "samples.jsonl"
-    args = ["predict", "--ckpt_path", trained, "--prompts", prompts, "--output", out, "--length", "6",
-            "--steps", "3", "--sampler", "ddpm", "--top_p", "0.9", "--guidance", "1.5", "--seed", "1"]
-    first = dimba(*args, cwd=workdir)
-    assert first.returncode == 0, first.stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["The king", "", "Thou art"]
-    assert all(set(r) == {"prompt", "completion", "steps", "seconds"} and r["steps"] == 3 for r in rows)
-    with open(out, "a") as fh:  # an interrupted writer leaves a torn line behind
-        fh.write('{"prompt": "torn')
-    rows_before = out.read_text().splitlines()[:3]
-    again = dimba(*args, cwd=workdir)
-    assert again.returncode == 0 and "3 of 3 prompts already done" in again.stderr
-    assert out.read_text().splitlines() == rows_before
-
-
 @pytest.mark.parametrize("verb", ["validate", "test"])
 def test_validate_and_test_a_checkpoint(trained, workdir, verb):
     args = fit_args(workdir, f"{verb}_run", "--ckpt_path", trained)
@@ -58,8 +39,8 @@ def test_help_and_print_config(workdir):
     result = dimba("fit", "--config", CONFIGS / "base.yaml", "--print_config", cwd=workdir)
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
-    assert cfg["model"]["class_path"] == "dimba.lit_module.DimbaLM"
-    assert cfg["model"]["init_args"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
+    assert cfg["model"]["class_path"] == "dimba.training.dimba_lm.DimbaLM"
+    assert cfg["model"]["init_args"]["net"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
     assert "--ckpt_path" in dimba("predict", "--help", cwd=workdir).stdout
 
 
@@ -103,12 +84,6 @@ def test_ddp_on_cpu_ranks_see_different_data(workdir):
 
 
 # ------------------------------------------------------------------ bad input: one line, non-zero exit
-def assert_clean_failure(result, message):
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr
-    assert message in result.stderr, result.stderr[-2000:]
-
-
 def test_fit_on_a_missing_corpus(workdir):
     args = fit_args(workdir, "bad")
     args[args.index("--data.source") + 1] = workdir / "nowhere"
@@ -135,28 +110,22 @@ def test_resume_with_another_tokenizer(trained, workdir):
     assert_clean_failure(dimba(*args, cwd=workdir), "trained with another tokenizer")
 
 
-def test_predict_bad_inputs(trained, workdir):
-    assert_clean_failure(dimba("predict", "--ckpt_path", workdir / "none.ckpt", cwd=workdir), "checkpoint not found")
-    corrupt = workdir / "corrupt.ckpt"
-    corrupt.write_bytes(trained.read_bytes()[:4096])
-    assert_clean_failure(dimba("predict", "--ckpt_path", corrupt, cwd=workdir), "not a readable checkpoint")
-    long_prompt = "the king " * 100
-    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--prompt", long_prompt, cwd=workdir),
-                         "more than the model's context")
-    blocker = workdir / "a_file"
-    blocker.write_text("x")
-    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--output", blocker / "out.jsonl", cwd=workdir),
-                         "cannot write to")
-    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--top_p", "0", cwd=workdir), "top_p")
-    assert_clean_failure(dimba("predict", "--ckpt_path", trained, "--x0_temperature", "0", cwd=workdir),
-                         "x0_temperature")
-
-
-def test_predict_reads_non_utf8_prompts_with_a_warning(trained, workdir):
-    prompts = workdir / "latin1.txt"
-    prompts.write_bytes("caf\xe9 king\n".encode("latin-1"))
-    result = dimba("predict", "--ckpt_path", trained, "--prompts", prompts, "--length", "4", "--steps", "2",
-                   cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    assert "not valid UTF-8" in result.stderr and result.stdout.startswith("caf\ufffd king")
-
+@pytest.mark.parametrize("kind", ["dimba", "ar"])
+def test_ddp_validation_reduces_every_rank(trained, trained_ar, workdir, kind):
+    """Two CPU ranks validating one batch each report what one process reports over the same two batches:
+    the torchmetrics aggregates are reduced over ranks (rank 0's own values would differ)."""
+    ckpt, config = (trained, ("base.yaml",)) if kind == "dimba" else (trained_ar, ("base.yaml", "ar.yaml"))
+    results = {}
+    for name, extra in (("single", ["--trainer.limit_val_batches", "2"]),
+                        ("ddp", ["--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
+                                 "--trainer.devices", "2", "--trainer.strategy", "ddp"])):
+        record = workdir / f"val_{kind}_{name}.json"
+        args = fit_args(workdir, f"val_{kind}_{name}", "--ckpt_path", ckpt, *extra,
+                        "--trainer.callbacks+=tests.helpers.RecordMetrics", config=config)
+        args[0] = "validate"
+        result = dimba(*args, cwd=workdir, env_extra={"DIMBA_TEST_RECORD": str(record)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[name] = json.loads(record.read_text())
+    assert set(results["single"]) == set(results["ddp"]) and "val/loss" in results["single"]
+    for key, value in results["single"].items():
+        assert results["ddp"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

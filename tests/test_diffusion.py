@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from dimba.diffusion.generate import SamplingConfig, reverse_diffusion
+from dimba.diffusion.generate import reverse_diffusion
 from dimba.diffusion.losses import diffusion_loss
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.diffusion.schedules import NoiseSchedule
 from dimba.diffusion.time_warp import TimeWarp
-from dimba.sampling import sample_tokens
+from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
 
 
 def test_cosine_schedule_is_the_papers_formula():
@@ -55,9 +55,8 @@ def test_ddim_eta_one_is_the_ddpm_posterior():
     sampler = DDIMSampler.named("ddpm", sched)
     x_t, x0 = torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
     t, t_prev = 0.7, 0.6
-    gen = torch.Generator().manual_seed(3)
-    got = sampler.step(x_t, x0, t, t_prev, gen)
-    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(x_t.shape, dtype=torch.float64)
+    got = sampler.step(x_t, x0, t, t_prev, z)
     abar_t = sched.alpha_bar(torch.tensor(t, dtype=torch.float64))
     abar_p = sched.alpha_bar(torch.tensor(t_prev, dtype=torch.float64))
     alpha = abar_t / abar_p
@@ -68,15 +67,20 @@ def test_ddim_eta_one_is_the_ddpm_posterior():
     torch.testing.assert_close(got.double(), mean + var.sqrt() * z, atol=1e-5, rtol=1e-5)
 
 
-def test_ddim_with_oracle_x0_returns_x0():
+def test_ddim_with_the_true_x0_walks_the_forward_marginals():
+    """At eta 0, from x_1 = q_sample(x0, 1, eps) and given the true x0, every DDIM step lands exactly on
+    q_sample(x0, t_i, eps): eps_hat recovers eps, and the update re-noises x0 with it to the earlier level."""
     sched = NoiseSchedule("cosine")
     sampler = DDIMSampler(sched, eta=0.0)
-    x0 = torch.randn(3, 7, 4)
-    x = torch.randn(3, 7, 4)
+    x0 = torch.randn(3, 7, 4, dtype=torch.float64)
+    eps = torch.randn(3, 7, 4, dtype=torch.float64)
     times = sampler.timesteps(10)
+    at = lambda t: sched.q_sample(x0, torch.full((3,), float(t), dtype=torch.float64), eps)
+    x = at(times[0])
     for i in range(10):
         x = sampler.step(x, x0, float(times[i]), float(times[i + 1]))
-    torch.testing.assert_close(x, x0, atol=1e-4, rtol=1e-4)
+        expected = x0 if times[i + 1] == 0 else at(times[i + 1])
+        torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_timesteps_cover_one_to_zero_and_follow_the_warp():
@@ -120,6 +124,19 @@ def test_time_warp_forgets_the_untrained_model():
     assert warp.warp(torch.tensor([0.5], dtype=torch.float64)).item() > 0.75
 
 
+def test_non_finite_losses_leave_the_warp_as_it_was():
+    warp = TimeWarp(num_bins=16, window=1000, uniform_mix=0.1)
+    t = torch.rand(1000)
+    warp.update(t, torch.sigmoid((t - 0.8) * 30) * 6)
+    u = torch.linspace(0, 1, 33, dtype=torch.float64)
+    before, count = warp.warp(u), warp.count
+    warp.update(torch.tensor([0.5, 0.9, float("nan")]), torch.tensor([float("nan"), float("inf"), 1.0]))
+    assert warp.count == count
+    torch.testing.assert_close(warp.warp(u), before)
+    warp.update(torch.tensor([0.3, 0.95]), torch.tensor([float("nan"), 5.0]))  # the finite pair is kept
+    assert warp.count == count + 1 and torch.isfinite(warp.curve()).all()
+
+
 def test_isotonic_fit_is_monotone_and_exact_on_monotone_data():
     from dimba.diffusion.time_warp import isotonic_increasing
     y = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
@@ -130,7 +147,7 @@ def test_isotonic_fit_is_monotone_and_exact_on_monotone_data():
 
 def _toy_denoise(cond_x0, uncond_x0, calls):
     def denoise(x, t, self_cond, drop):
-        calls.append(drop is not None)
+        calls.append({"x": x.clone(), "t": t.clone(), "self_cond": self_cond, "uncond": drop is not None})
         x0 = uncond_x0 if drop is not None else cond_x0
         logits = torch.stack([-(x0 - v).pow(2).sum(-1) for v in TABLE], dim=-1)
         return logits, x0
@@ -140,25 +157,56 @@ def _toy_denoise(cond_x0, uncond_x0, calls):
 TABLE = torch.eye(4) * 2
 
 
-def test_guidance_scale_one_is_conditional_and_zero_is_unconditional():
+def test_guidance_extrapolates_what_is_fed_back():
+    """Scale 1 calls only the conditional branch, 0 gives the unconditional answer, and at scale 3 the estimate
+    the loop steps towards (fed back as self-conditioning) is x0_u + 3 (x0_c - x0_u)."""
     sampler = DDIMSampler(NoiseSchedule())
     cond = TABLE[torch.tensor([[0, 1, 2]])]
     uncond = TABLE[torch.tensor([[3, 3, 3]])]
     for g, expected, uses_uncond in ((1.0, [0, 1, 2], False), (0.0, [3, 3, 3], True)):
         calls = []
-        tokens, _ = reverse_diffusion(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4), TABLE,
-                                      SamplingConfig(steps=5, guidance=g, temperature=0, seed=0))
+        tokens = reverse_diffusion(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4), TABLE,
+                                   SamplingConfig(steps=5, guidance=g, temperature=0), ExampleStreams(0, [0]))
         assert tokens.tolist() == [expected]
-        assert any(calls) == uses_uncond
+        assert any(c["uncond"] for c in calls) == uses_uncond
+    calls = []
+    reverse_diffusion(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4), TABLE,
+                      SamplingConfig(steps=3, guidance=3.0, temperature=0), ExampleStreams(0, [0]))
+    fed_back = [c["self_cond"] for c in calls if not c["uncond"]][1:]
+    assert len(fed_back) == 2
+    for x0_fed in fed_back:
+        torch.testing.assert_close(x0_fed, uncond + 3 * (cond - uncond))
 
 
-def test_reverse_diffusion_with_oracle_denoiser_and_trajectory():
+def test_reverse_diffusion_steps_from_the_starting_noise_towards_the_oracle():
+    """An oracle denoiser: what the loop feeds it at step i is q_sample(x0, t_i, eps_hat) (eps_hat read off the
+    starting noise), it reports every step, and it ends on the oracle's tokens. The loop's own noise comes
+    from the example's stream: the same seed and example id give the same samples."""
+    sched = NoiseSchedule()
+    sampler = DDIMSampler(sched)
+    target = TABLE[torch.tensor([[2, 0, 1, 3]])]
+    calls, seen_steps = [], []
+    tokens = reverse_diffusion(_toy_denoise(target, target, calls), sampler, (1, 4, 4), TABLE,
+                               SamplingConfig(steps=6, temperature=0, seed=0), ExampleStreams(0, [7]),
+                               on_step=lambda i, guess: seen_steps.append((i, guess.tolist())))
+    assert tokens.tolist() == [[2, 0, 1, 3]]
+    assert seen_steps == [(i, [[2, 0, 1, 3]]) for i in range(6)]
+    x1 = calls[0]["x"]
+    torch.testing.assert_close(x1, ExampleStreams(0, [7]).randn(4, 4))
+    abar1 = sched.alpha_bar(calls[0]["t"][:1])
+    eps_hat = (x1 - abar1.sqrt() * target) / (1 - abar1).sqrt()
+    for call in calls[1:]:
+        expected = sched.q_sample(target, call["t"], eps_hat)
+        torch.testing.assert_close(call["x"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ddpm_and_clamping_end_on_the_oracle():
     sampler = DDIMSampler.named("ddpm", NoiseSchedule())
     target = TABLE[torch.tensor([[2, 0, 1, 3]])]
-    tokens, traj = reverse_diffusion(_toy_denoise(target, target, []), sampler, (1, 4, 4), TABLE,
-                                     SamplingConfig(steps=6, temperature=0, seed=0, clamp_from=0.5),
-                                     record_trajectory=True)
-    assert tokens.tolist() == [[2, 0, 1, 3]] and len(traj) == 6
+    tokens = reverse_diffusion(_toy_denoise(target, target, []), sampler, (1, 4, 4), TABLE,
+                               SamplingConfig(sampler="ddpm", steps=6, temperature=0, clamp_from=0.5),
+                               ExampleStreams(0, [0]))
+    assert tokens.tolist() == [[2, 0, 1, 3]]
 
 
 def test_x0_temperature_sharpens_the_estimate_towards_the_likeliest_token():
@@ -174,7 +222,8 @@ def test_x0_temperature_sharpens_the_estimate_towards_the_likeliest_token():
     sampler = DDIMSampler(NoiseSchedule())
     for x0_temperature in (1.0, 0.05):
         seen.clear()
-        reverse_diffusion(torn, sampler, (1, 2, 4), TABLE, SamplingConfig(steps=3, x0_temperature=x0_temperature))
+        reverse_diffusion(torn, sampler, (1, 2, 4), TABLE, SamplingConfig(steps=3, x0_temperature=x0_temperature),
+                          ExampleStreams(0, [0]))
         weights = torch.softmax(torch.tensor([1.0, 0.0, -9.0, -9.0]) / x0_temperature, -1)
         torch.testing.assert_close(seen[-1][0, 0], weights @ TABLE)  # the estimate fed back is the sharpened one
     assert seen[-1][0, 0, 0] > 1.99  # ~ token 0's embedding (2, 0, 0, 0)
@@ -187,7 +236,7 @@ def test_sample_tokens_temperature_zero_and_top_p():
     assert (sample_tokens(logits, temperature=0) == 0).all()
     p = torch.softmax(logits[0], -1)
     nucleus = int((p.cumsum(0) - p < 0.9).sum())  # tokens needed to reach 0.9
-    drawn = sample_tokens(logits, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    drawn = sample_tokens(logits, top_p=0.9, streams=ExampleStreams(0, range(5000)))
     assert set(drawn.unique().tolist()) == set(range(nucleus))
     with pytest.raises(ValueError):
         sample_tokens(logits, top_p=0.0)

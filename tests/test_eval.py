@@ -2,7 +2,7 @@
 
 import json
 
-from tests.conftest import dimba
+from tests.helpers import dimba
 
 
 def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
@@ -30,7 +30,7 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
 def test_eval_refuses_swapped_checkpoints(trained, trained_ar, workdir):
     result = dimba("eval", "--ckpt_path", trained_ar, "--judge_ckpt_path", trained, "--source",
                    workdir / "corpus", cwd=workdir)
-    assert result.returncode == 2 and "must be a DIMBA checkpoint" in result.stderr
+    assert result.returncode == 2 and "--judge_ckpt_path must be an autoregressive model" in result.stderr
 
 
 def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):

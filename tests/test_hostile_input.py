@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, dimba, fit_args
+from tests.helpers import REPO, dimba, fit_args
 
 
 def fit_on(workdir, name, source, *extra):
@@ -60,17 +60,7 @@ def test_unsupported_file_type_fails_clearly(workdir):
     assert result.returncode == 2 and "unsupported corpus file type '.bin'" in result.stderr
 
 
-def test_prompts_blank_spaces_and_control_characters(trained, workdir):
-    prompts = workdir / "odd_prompts.txt"
-    prompts.write_text("\n   \n\x01\x02\x1b[31m red \x7f\nROMEO:\t\n", encoding="utf-8")
-    out = workdir / "odd.jsonl"
-    result = dimba("predict", "--ckpt_path", trained, "--prompts", prompts, "--output", out, "--length", 3,
-                   "--steps", 1, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["", "   ", "\x01\x02\x1b[31m red \x7f", "ROMEO:\t"]
-
-
+@pytest.mark.slow
 def test_ten_thousand_prompts_stream_to_the_output(trained, workdir):
     prompts = workdir / "many_prompts.txt"
     prompts.write_text("".join(f"line {i}\n" for i in range(10_000)))
@@ -82,11 +72,3 @@ def test_ten_thousand_prompts_stream_to_the_output(trained, workdir):
     assert len(lines) == 10_000 and json.loads(lines[-1])["prompt"] == "line 9999"
 
 
-def test_an_output_for_other_prompts_is_refused_untouched(trained, workdir):
-    out = workdir / "keep.jsonl"
-    original = '{"prompt": "mine", "completion": "precious", "steps": 1, "seconds": 0.1}\n'
-    out.write_text(original)
-    result = dimba("predict", "--ckpt_path", trained, "--prompt", "x", "--output", out, "--length", 2,
-                   "--steps", 1, cwd=workdir)
-    assert result.returncode == 2 and "holds results for other prompts" in result.stderr
-    assert out.read_text() == original

@@ -4,15 +4,16 @@ import warnings
 
 import torch
 
-from dimba.diffusion.generate import SamplingConfig
-from dimba.lit_module import DimbaLM, random_prefix_mask
+from dimba.diffusion.masks import random_prefix_mask
+from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.models.denoiser import DimbaDenoiser
+from dimba.sampling import SamplingConfig
+from dimba.training.dimba_lm import DimbaLM
+from tests.helpers import TINY_NET, no_trainer
 
 
 def tiny_net(**kw):
-    args = dict(d_embed=8, d_model=32, n_layers=2, d_state=8, headdim=8, chunk_size=4, impl="torch")
-    args.update(kw)
-    return DimbaDenoiser(40, **args).double()
+    return DimbaDenoiser(MambaConfig(**TINY_NET), DenoiserConfig(d_embed=8, **kw), 40).double()
 
 
 def test_denoiser_is_bidirectional():
@@ -94,9 +95,9 @@ def test_a_small_model_overfits_sentences_and_completes_them():
              "some birds sing loud songs in the tall green trees"]
     words = sorted({w for s in sents for w in s.split()})
     ids = torch.tensor([[words.index(w) for w in s.split()] for s in sents])
-    model = DimbaLM(vocab_size=len(words), seq_len=10, d_embed=16, d_model=64, n_layers=2, d_state=16,
-                    headdim=16, chunk_size=16, prompt_prob=0.9, cfg_dropout=0.0, impl="torch")
-    model.log = model.log_dict = lambda *a, **k: None  # no trainer attached
+    model = no_trainer(DimbaLM(net=dict(d_model=64, n_layers=2, d_state=16, headdim=16, chunk_size=16, impl="torch"),
+                               denoiser=dict(d_embed=16), prompt=dict(prompt_prob=0.9, cfg_dropout=0.0),
+                               vocab_size=len(words), seq_len=10))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(600):
         loss = model.training_step(ids.repeat(4, 1), step)
@@ -104,6 +105,5 @@ def test_a_small_model_overfits_sentences_and_completes_them():
         loss.backward()
         opt.step()
     model.eval()
-    completions, _ = model.generate([s[:2].tolist() for s in ids], 8,
-                                    SamplingConfig(steps=20, temperature=0, seed=123))
+    completions = model.generate([s[:2].tolist() for s in ids], 8, SamplingConfig(steps=20, temperature=0, seed=123))
     assert completions == ids[:, 2:].tolist()

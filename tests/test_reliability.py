@@ -9,12 +9,12 @@ import lightning as L
 import pytest
 import torch
 
-from dimba.callbacks import NonFiniteGuard
-from dimba.checkpoint import load_for_inference
-from dimba.diffusion.generate import SamplingConfig
 from dimba.errors import DimbaError
-from dimba.lit_module import DimbaLM
-from tests.conftest import REPO, ckpt_dir, fit_args
+from dimba.sampling import SamplingConfig
+from dimba.training.callbacks import NonFiniteGuard
+from dimba.training.checkpoint import load_for_inference
+from dimba.training.dimba_lm import DimbaLM
+from tests.helpers import REPO, ckpt_dir, fit_args
 
 
 class PoisonedDimba(DimbaLM):
@@ -30,8 +30,8 @@ class PoisonedDimba(DimbaLM):
 
 
 def tiny_model(**kw):
-    return PoisonedDimba(vocab_size=30, seq_len=8, d_embed=8, d_model=16, n_layers=1, d_state=8, headdim=8,
-                         chunk_size=8, impl="torch", warmup_steps=1, **kw)
+    return PoisonedDimba(vocab_size=30, seq_len=8, denoiser=dict(d_embed=8), optim=dict(warmup_steps=1),
+                         net=dict(d_model=16, n_layers=1, d_state=8, headdim=8, chunk_size=8, impl="torch"), **kw)
 
 
 def loader():
@@ -105,7 +105,7 @@ def test_bf16_checkpoint_loads_and_samples_on_cpu(trained, tmp_path):
     torch.save(ckpt, path)
     model = load_for_inference(path, "cpu")
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    completions, _ = model.generate([[5, 6]], 4, SamplingConfig(steps=2, seed=0))
+    completions = model.generate([[5, 6]], 4, SamplingConfig(steps=2, seed=0))
     assert len(completions[0]) == 4
 
 
@@ -152,29 +152,12 @@ def test_resuming_into_another_model_shape_names_the_mismatch(tmp_path):
     trainer.fit(small, loader())
     path = tmp_path / "small.ckpt"
     trainer.save_checkpoint(path)
-    wider = PoisonedDimba(vocab_size=30, seq_len=8, d_embed=8, d_model=32, n_layers=1, d_state=8, headdim=8,
-                          chunk_size=8, impl="torch")
+    wider = PoisonedDimba(vocab_size=30, seq_len=8, denoiser=dict(d_embed=8),
+                          net=dict(d_model=32, n_layers=1, d_state=8, headdim=8, chunk_size=8, impl="torch"))
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
     with pytest.raises(DimbaError, match=r"net.in_proj.weight has shape \(16, 16\) but this configuration builds"):
         trainer.fit(wider, loader(), ckpt_path=path)
-
-
-def test_export_folder_predicts_like_the_checkpoint(trained, workdir):
-    from tests.conftest import dimba
-    folder = workdir / "export"
-    result = dimba("export", "--ckpt_path", trained, "--out_dir", folder, cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
-    a = load_for_inference(trained)
-    b = load_for_inference(folder)
-    cfg = SamplingConfig(steps=3, seed=7)
-    assert a.generate([[3, 4]], 5, cfg)[0] == b.generate([[3, 4]], 5, cfg)[0]
-    out = [dimba("predict", "--ckpt_path", p, "--prompt", "The king", "--length", 5, "--steps", 3, cwd=workdir)
-           for p in (trained, folder)]
-    assert out[0].returncode == 0 and out[0].stdout == out[1].stdout
-    again = dimba("export", "--ckpt_path", trained, "--out_dir", folder, cwd=workdir)
-    assert again.returncode == 2 and "not empty" in again.stderr
 
 
 def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
@@ -182,7 +165,7 @@ def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
     steps of a 28-minute run were lost before CheckpointOnStop existed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tests.conftest import dimba
+    from tests.helpers import dimba
     args = fit_args(workdir, "timed", "--trainer.max_steps", "100000", "--trainer.max_time", "00:00:00:08",
                     "--trainer.val_check_interval", "100000", "--trainer.limit_val_batches", "0")
     result = dimba(*args, cwd=workdir)
@@ -196,7 +179,7 @@ def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
 
 def test_resume_after_the_time_limit_needs_more_time(workdir):
     """A run stopped by max_time, resumed with the same max_time, says so instead of ending without a step."""
-    from tests.conftest import dimba
+    from tests.helpers import dimba
     args = fit_args(workdir, "timed_resume", "--trainer.max_steps", "100000", "--trainer.max_time", "00:00:00:02")
     first = dimba(*args, cwd=workdir)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -217,14 +200,15 @@ trainer:
       init_args:
         save_last: true
         every_n_train_steps: 4
-    - class_path: dimba.callbacks.NonFiniteGuard
-    - class_path: dimba.callbacks.CheckpointOnStop
-    - class_path: dimba.callbacks.EMA
+    - class_path: dimba.training.callbacks.NonFiniteGuard
+    - class_path: dimba.training.callbacks.CheckpointOnStop
+    - class_path: dimba.training.callbacks.EMA
       init_args:
         decay: 0.9
 model:
   init_args:
-    lr_decay_steps: 100
+    optim:
+      lr_decay_steps: 100
 """
 
 
@@ -241,7 +225,7 @@ def logged_losses(run_dir):
 def test_a_run_killed_with_sigkill_resumes_exactly(workdir, tmp_path):
     """Uninterrupted vs killed (SIGKILL) and resumed: every loss after the resume point is bitwise equal, so
     data order and position, RNG streams, EMA, optimizer and LR schedule all continued where they were."""
-    from tests.conftest import dimba
+    from tests.helpers import dimba
     total = 40  # several epochs of the test corpus' training blocks: crosses epoch boundaries
     for name, steps in (("straight", total), ("killed", 100_000)):
         (tmp_path / f"{name}.yaml").write_text(RESUME_CONFIG.format(max_steps=steps))
@@ -278,7 +262,7 @@ def test_bf16_mixed_default_model_stays_finite_for_300_steps(workdir):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tests.conftest import CONFIGS, dimba
+    from tests.helpers import CONFIGS, dimba
     args = ["fit", "--config", CONFIGS / "base.yaml", "--data.source", workdir / "corpus",
             "--data.tokenizer_vocab_size", "1024", "--trainer.precision", "bf16-mixed",
             "--trainer.max_steps", "300", "--trainer.max_time", "null", "--trainer.val_check_interval", "100",

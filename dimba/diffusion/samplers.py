@@ -17,9 +17,8 @@ from torch import Tensor
 
 from dimba.diffusion.schedules import NoiseSchedule
 from dimba.diffusion.time_warp import TimeWarp
-from dimba.models.mamba2 import upcast
-
-SAMPLERS = ("ddim", "ddpm")
+from dimba.precision import upcast
+from dimba.sampling import SAMPLERS
 
 
 class DDIMSampler:
@@ -48,10 +47,10 @@ class DDIMSampler:
         times[0], times[-1] = 1.0, 0.0  # a flat stretch of the CDF must not cut the chain short
         return times
 
-    def step(self, x_t: Tensor, x0_hat: Tensor, t: float, t_prev: float,
-             generator: torch.Generator | None = None) -> Tensor:
+    def step(self, x_t: Tensor, x0_hat: Tensor, t: float, t_prev: float, noise: Tensor | None = None) -> Tensor:
         """x_t, x0_hat: (B, L, D) -> x_{t_prev} (B, L, D), computed in fp32.
 
+        noise: (B, L, D) standard normal z, needed when eta > 0 (the sampler itself draws nothing).
         The step to t_prev = 0 returns x0_hat itself: the paper's cosine formula (without dividing by its
         value at 0) leaves abar(0) = 0.99984, and a final sample should carry no noise (DDIM's abar_0 = 1).
         """
@@ -65,6 +64,7 @@ class DDIMSampler:
         direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()
         x_prev = abar_prev.sqrt() * x0_hat + direction * eps_hat
         if sigma > 0:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device)
-            x_prev = x_prev + sigma * noise
+            if noise is None:
+                raise ValueError("a stochastic step (eta > 0) needs noise")
+            x_prev = x_prev + sigma * upcast(noise).to(x_prev.device)
         return x_prev

@@ -8,6 +8,15 @@ Forward process (DDPM, Ho et al. 2020, eq. 4):  x_t = sqrt(abar(t)) x0 + sqrt(1 
 - linear (Ho et al. 2020): beta linear from 1e-4 to 0.02 over 1000 steps, in continuous form
       abar(t) = exp(-(beta_0 * T t + (beta_1 - beta_0) * T t^2 / 2))
 
+- rank (CANDI, Pynadath et al. 2025, "continuous rank degradation"): the noise level at which the true token's
+  expected rank among all tokens, as a share of the vocabulary, is r*(t) = t / 2 (0: always nearest; 1/2: no
+  information, as pure noise). For embeddings of equal norm sqrt(d) and nearly orthogonal to each other, a
+  wrong token j is nearer to x_t = a e_i + s eps than e_i is when s eps.(e_j - e_i) > a d, which happens with
+  probability Phi(-(a / s) sqrt(d / 2)). So r = Phi(-sqrt(SNR d / 2)) and
+      SNR(t) = (2 / d) * Phi^{-1}(1 - t / 2)^2,  abar = SNR / (1 + SNR).
+  It needs d_embed. It gives noisy latents even near t = 0 (at d = 64, SNR 0.34 where r = 5e-4): the
+  hybrid corruption (dimba.diffusion.hybrid) keeps clean tokens for identity, and the latents carry rank.
+
 `log_snr_shift` moves every noise level by a constant in log-SNR (log(abar / (1 - abar))). A shift of
 -2 ln k is the same as shrinking the embeddings' norm by k against unit noise: the signal scale knob.
 """
@@ -19,32 +28,36 @@ import math
 import torch
 from torch import Tensor
 
-SCHEDULES = ("cosine", "sqrt", "linear")
+from dimba.precision import upcast
+
+SCHEDULES = ("cosine", "sqrt", "linear", "rank")
 # abar is kept inside [ABAR_MIN, ABAR_MAX] so that log-SNR stays finite at t = 0 and t = 1.
 ABAR_MIN, ABAR_MAX = 1e-7, 1.0 - 1e-7
-
-
-def _at_least_fp32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
 
 
 class NoiseSchedule:
     """abar(t) for one of SCHEDULES, optionally shifted in log-SNR. Stateless, no parameters."""
 
-    def __init__(self, name: str = "cosine", log_snr_shift: float = 0.0, s: float | None = None):
+    def __init__(self, name: str = "cosine", log_snr_shift: float = 0.0, s: float | None = None,
+                 d_embed: int | None = None):
         if name not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
-        self.name = name
+        if name == "rank" and not d_embed:
+            raise ValueError("the rank schedule needs the embedding size d_embed")
+        self.name, self.d_embed = name, d_embed
         self.log_snr_shift = float(log_snr_shift)
-        self.s = s if s is not None else {"cosine": 0.008, "sqrt": 1e-4, "linear": 0.0}[name]
+        self.s = s if s is not None else {"cosine": 0.008, "sqrt": 1e-4, "linear": 0.0, "rank": 0.0}[name]
 
     def base_alpha_bar(self, t: Tensor) -> Tensor:
         """The unshifted formula, abar(t) for t in [0, 1]."""
-        t = _at_least_fp32(torch.as_tensor(t))
+        t = upcast(torch.as_tensor(t))
         if self.name == "cosine":
             return torch.cos((t + self.s) / (1 + self.s) * math.pi / 2) ** 2
         if self.name == "sqrt":
             return 1 - torch.sqrt(t + self.s)
+        if self.name == "rank":
+            snr = 2.0 / self.d_embed * torch.special.ndtri(1 - t / 2) ** 2
+            return 1 / (1 + 1 / snr)  # = snr / (1 + snr), and 1 (not nan) at t = 0 where snr is infinite
         beta0, beta1, steps = 1e-4, 0.02, 1000
         return torch.exp(-(beta0 * steps * t + (beta1 - beta0) * steps * t**2 / 2))
 
@@ -67,4 +80,4 @@ class NoiseSchedule:
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps for x0, noise (B, L, D) and t (B,). Returns x0's dtype."""
         abar = self.alpha_bar(t).view(-1, *([1] * (x0.dim() - 1)))
-        return (abar.sqrt() * _at_least_fp32(x0) + (1 - abar).sqrt() * _at_least_fp32(noise)).to(x0.dtype)
+        return (abar.sqrt() * upcast(x0) + (1 - abar).sqrt() * upcast(noise)).to(x0.dtype)

@@ -48,9 +48,15 @@ class TimeWarp:
         return torch.linspace(0, 1, self.num_bins + 1, dtype=torch.float64)
 
     def update(self, t: Tensor, loss: Tensor) -> None:
-        """Record per-example losses (B,) at times t (B,)."""
-        t = t.detach().double().cpu().flatten()[-self.window:]
-        loss = loss.detach().double().cpu().flatten()[-self.window:]
+        """Record per-example losses (B,) at times t (B,). Non-finite pairs are dropped: the warp is updated
+        before a guard can skip a step with a NaN loss, and one NaN in the window would make every bin mean
+        NaN and map every u to a single t."""
+        t = t.detach().double().cpu().flatten()
+        loss = loss.detach().double().cpu().flatten()
+        finite = torch.isfinite(t) & torch.isfinite(loss)
+        t, loss = t[finite][-self.window:], loss[finite][-self.window:]
+        if len(t) == 0:
+            return
         idx = (self.count + torch.arange(len(t))) % self.window
         self.t[idx], self.loss[idx] = t, loss
         self.count += len(t)

@@ -9,22 +9,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+REFERENCE_KINDS = ("ar", "reference", "random")
+
 
 def is_step_curve(row: dict) -> bool:
-    """DIMBA rows that differ only in sampler and steps (no guidance, self-conditioning on, x0 temperature 1)."""
-    return (row["model"] == "dimba" and row["guidance"] == 1.0 and row["self_condition"]
-            and row.get("x0_temperature", 1.0) == 1.0)
+    """Rows of a model with steps that differ only in sampler, reveal order and steps (no guidance,
+    self-conditioning on, temperatures 1, no nucleus)."""
+    return (row["model"] not in REFERENCE_KINDS and row.get("steps") is not None and row.get("guidance", 1.0) == 1.0
+            and row.get("self_condition", True) and row.get("x0_temperature", 1.0) == 1.0
+            and row.get("temperature", 1.0) == 1.0 and row.get("top_p", 1.0) == 1.0)
+
+
+def curve_name(row: dict) -> str:
+    return f"{row['model']} {row.get('sampler', '')} {row.get('reveal', '')}".strip()
 
 
 def quality_vs_steps(rows: list[dict], path: Path) -> plt.Figure:
     """gen-PPL (log) and unigram entropy against DIMBA's steps, per sampler, with AR and real text as lines."""
     fig, (ax_ppl, ax_ent) = plt.subplots(1, 2, figsize=(11, 4))
-    dimba = [r for r in rows if is_step_curve(r)]
-    for sampler in sorted({r["sampler"] for r in dimba}):
-        pts = sorted((r["steps"], r["gen_ppl"], r["entropy_bits"]) for r in dimba if r["sampler"] == sampler)
-        ax_ppl.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
-        ax_ent.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=f"DIMBA {sampler}")
-    references = [r for r in rows if r["model"] in ("ar", "reference", "random")]
+    curves = [r for r in rows if is_step_curve(r)]
+    for name in sorted({curve_name(r) for r in curves}):
+        pts = sorted((r["steps"], r["gen_ppl"], r["entropy_bits"]) for r in curves if curve_name(r) == name)
+        ax_ppl.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        ax_ent.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
+    references = [r for r in rows if r["model"] in REFERENCE_KINDS]
     for i, r in enumerate(references):
         style = {"ar": "--", "reference": ":", "random": "-."}[r["model"]]
         color = f"C{i + 2}"
@@ -44,10 +52,10 @@ def quality_vs_steps(rows: list[dict], path: Path) -> plt.Figure:
 def quality_vs_latency(rows: list[dict], path: Path) -> plt.Figure:
     """gen-PPL against batch-1 latency per sample: DIMBA's step counts as a curve, AR as points."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for sampler in sorted({r["sampler"] for r in rows if r["model"] == "dimba"}):
-        pts = sorted((r["latency_b1_s"], r["gen_ppl"], r["steps"]) for r in rows
-                     if is_step_curve(r) and r["sampler"] == sampler)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"DIMBA {sampler}")
+    curves = [r for r in rows if is_step_curve(r)]
+    for name in sorted({curve_name(r) for r in curves}):
+        pts = sorted((r["latency_b1_s"], r["gen_ppl"], r["steps"]) for r in curves if curve_name(r) == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
         for x, y, steps in pts:
             ax.annotate(str(steps), (x, y), fontsize=7)
     for r in rows:
@@ -67,7 +75,7 @@ def quality_vs_entropy(rows: list[dict], path: Path) -> plt.Figure:
     """gen-PPL against the samples' unigram entropy, every row a point: fluency bought with dull text shows
     as a move down and to the left; real text marks where both should be."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    markers = {"reference": "*", "random": "x", "ar": "s", "dimba": "o"}
+    markers = {"reference": "*", "random": "x", "ar": "s"}
     for r in rows:
         ax.plot(r["entropy_bits"], r["gen_ppl"], markers.get(r["model"], "o"), label=r["label"])
     ax.set_yscale("log")

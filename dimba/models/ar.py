@@ -7,20 +7,21 @@ import torch
 from torch import Tensor, nn
 
 from dimba.models.blocks import MambaBlock, RMSNorm
+from dimba.models.config import MambaConfig
 from dimba.models.mamba2 import Mamba2State
 
 
 class ARLanguageModel(nn.Module):
-    def __init__(self, vocab_size: int, d_model: int = 256, n_layers: int = 6, d_state: int = 32,
-                 headdim: int = 64, expand: int = 2, chunk_size: int = 64, mlp_ratio: float = 0.0,
-                 impl: str = "auto"):
+    """tokens (B, L) -> next-token logits (B, L, vocab): causal blocks of the backbone's `MambaConfig`."""
+
+    def __init__(self, net: MambaConfig, vocab_size: int):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.embedding = nn.Embedding(vocab_size, net.d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
-        mamba = dict(d_state=d_state, headdim=headdim, expand=expand, chunk_size=chunk_size, impl=impl)
-        self.blocks = nn.ModuleList(MambaBlock(d_model, d_cond=None, bidirectional=False, mlp_ratio=mlp_ratio,
-                                               layer_idx=i, **mamba) for i in range(n_layers))
-        self.norm_f = RMSNorm(d_model)
+        self.blocks = nn.ModuleList(MambaBlock(net.d_model, d_cond=None, bidirectional=False,
+                                               mlp_ratio=net.mlp_ratio, layer_idx=i, **net.mixer_kwargs())
+                                    for i in range(net.n_layers))
+        self.norm_f = RMSNorm(net.d_model)
 
     def logits(self, h: Tensor) -> Tensor:
         """Tied output projection: (..., d_model) -> (..., vocab)."""

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dimba.models.config import COMBINES
 from dimba.models.mamba2 import Mamba2
-
-COMBINES = ("sum", "concat")
 
 
 class BidirectionalMamba2(nn.Module):

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dimba.models.bidirectional import BidirectionalMamba2
-from dimba.models.mamba2 import Mamba2, Mamba2State, upcast
-
-CONDITIONINGS = ("film", "additive")
+from dimba.models.config import CONDITIONINGS
+from dimba.models.mamba2 import Mamba2, Mamba2State
+from dimba.precision import upcast
 
 
 class RMSNorm(nn.Module):

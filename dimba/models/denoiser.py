@@ -17,51 +17,31 @@ from torch import Tensor, nn
 
 from dimba.models.blocks import MambaBlock, RMSNorm
 from dimba.models.conditioning import PromptEncoder, TimestepEmbedding
-from dimba.models.mamba2 import upcast
-
-X0_PARAMS = ("softmax", "direct")
+from dimba.models.config import DenoiserConfig, MambaConfig
+from dimba.precision import upcast
 
 
 class DimbaDenoiser(nn.Module):
-    def __init__(
-        self,
-        vocab_size: int,
-        d_embed: int = 64,
-        d_model: int = 256,
-        n_layers: int = 4,
-        d_state: int = 64,
-        headdim: int = 64,
-        expand: int = 2,
-        chunk_size: int = 64,
-        mlp_ratio: float = 0.0,
-        conditioning: str = "film",
-        combine: str = "sum",
-        prompt_encoder: str = "mlp",
-        embed_norm: bool = True,
-        x0_param: str = "softmax",
-        self_conditioning: bool = True,
-        impl: str = "auto",
-    ):
+    """(x_t, t, prompt, self-conditioning) -> (logits, x0_hat), built from the backbone's `MambaConfig` and the
+    `DenoiserConfig`."""
+
+    def __init__(self, net: MambaConfig, config: DenoiserConfig, vocab_size: int):
         super().__init__()
-        if x0_param not in X0_PARAMS:
-            raise ValueError(f"x0_param must be one of {X0_PARAMS}, got {x0_param!r}")
-        if prompt_encoder not in ("mlp", "frozen"):
-            raise ValueError(f"prompt_encoder must be 'mlp' or 'frozen', got {prompt_encoder!r}")
-        self.d_embed, self.embed_norm, self.x0_param = d_embed, embed_norm, x0_param
-        self.self_conditioning = self_conditioning
+        self.d_embed, self.embed_norm, self.x0_param = config.d_embed, config.embed_norm, config.x0_param
+        self.self_conditioning = config.self_conditioning
+        d_model, d_embed = net.d_model, config.d_embed
         self.embedding = nn.Embedding(vocab_size, d_embed)
         nn.init.normal_(self.embedding.weight)  # unit variance per coordinate, like the noise
         # Stands in for prompt tokens when the prompt is dropped (classifier-free guidance).
         self.null_token = nn.Parameter(torch.zeros(d_embed))
-        self.in_proj = nn.Linear(d_embed * (2 if self_conditioning else 1), d_model)
+        self.in_proj = nn.Linear(d_embed * (2 if config.self_conditioning else 1), d_model)
         self.position_kind = nn.Embedding(2, d_model)  # 0: noised position, 1: clean prompt position
         self.time_embed = TimestepEmbedding(d_model)
-        self.prompt_encoder = PromptEncoder(d_embed, d_model, frozen=prompt_encoder == "frozen")
-        mamba = dict(d_state=d_state, headdim=headdim, expand=expand, chunk_size=chunk_size, impl=impl)
+        self.prompt_encoder = PromptEncoder(d_embed, d_model, frozen=config.prompt_encoder == "frozen")
         self.blocks = nn.ModuleList(
-            MambaBlock(d_model, d_cond=d_model, conditioning=conditioning, bidirectional=True,
-                       mlp_ratio=mlp_ratio, combine=combine, layer_idx=i, **mamba)
-            for i in range(n_layers))
+            MambaBlock(d_model, d_cond=d_model, conditioning=config.conditioning, bidirectional=True,
+                       mlp_ratio=net.mlp_ratio, combine=config.combine, layer_idx=i, **net.mixer_kwargs())
+            for i in range(net.n_layers))
         self.norm_f = RMSNorm(d_model)
         self.out_proj = nn.Linear(d_model, d_embed)
 

@@ -19,15 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dimba.models.config import IMPLS
 from dimba.models.kernels import announce_impl, mamba_kernels
 from dimba.models.ssd import ssd_chunked_scan
-
-IMPLS = ("auto", "torch", "cuda")
-
-
-def upcast(t: Tensor) -> Tensor:
-    """At least fp32: bf16/fp16 go to fp32, fp64 stays fp64 (the tests compare in float64)."""
-    return t if t.dtype == torch.float64 else t.float()
+from dimba.precision import upcast
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:

@@ -1,9 +1,10 @@
-"""`dimba predict`: complete prompts with a trained checkpoint (DIMBA, or the AR baseline, which ignores the
-diffusion options); nothing but the checkpoint is needed.
+"""`dimba predict`: complete prompts with a trained checkpoint or export folder (any model kind); nothing but
+the checkpoint is needed.
 
-Sampling options are flags, independent of how the model was trained. With --output, one JSON object per
-prompt (prompt, completion, steps, seconds) is appended and flushed as it goes; re-running with the same
-output skips the prompts already written (--overwrite starts afresh).
+Sampling options are flags, independent of how the model was trained; a model refuses an option it cannot
+honour (the AR baseline has no denoising steps, for one). With --output, one JSON object per prompt (prompt,
+completion, steps, seconds) is appended and flushed as it goes; re-running with the same output skips the
+prompts already written (--overwrite starts afresh).
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dimba.checkpoint import load_for_inference
-from dimba.diffusion.generate import SamplingConfig
-from dimba.diffusion.samplers import SAMPLERS
-from dimba.errors import DimbaError
-from dimba.lit_ar import ARLM
+from dimba.errors import ConfigError, DimbaError
+from dimba.sampling import add_sampling_arguments, sampling_config_from_args
+from dimba.training.checkpoint import load_for_inference
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dimba predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt_path", required=True, help="checkpoint written by `dimba fit` (e.g. .../last.ckpt)")
+    p.add_argument("--ckpt_path", required=True, help="checkpoint written by `dimba fit` (e.g. .../last.ckpt) or "
+                                                      "a folder written by `dimba export`")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="one prompt (default: empty, unconditional generation)")
     src.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
@@ -35,65 +35,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --output instead of resuming it")
     p.add_argument("--length", type=int, default=None, help="new tokens per prompt (default: the model's "
                    "seq_len minus the prompt)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--x0_temperature", type=float, default=1.0,
-                   help="softmax temperature of the x0 estimate while denoising (< 1: likelier, less diverse text)")
-    p.add_argument("--clamp_from", type=float, default=1.0,
-                   help="fraction of steps after which x0 snaps to the nearest embedding (1 = never)")
-    p.add_argument("--no_self_condition", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--show_steps", action="store_true", help="print the decoded text after every step")
+    add_sampling_arguments(p)
     return p
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split at "\\n" only (a "\\r" before it is dropped): str.splitlines would also split at U+2028,
+    U+2029, U+0085, \\f and \\v, which are ordinary characters of a prompt or a completion."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def read_prompts(args) -> list[str]:
     if args.prompts is None:
         return [args.prompt or ""]
     if not args.prompts.is_file():
-        raise DimbaError(f"prompts file not found: {args.prompts}")
+        raise DimbaError(f"prompts file not found (or not a file): {args.prompts}")
     raw = args.prompts.read_bytes()
     text = raw.decode("utf-8", errors="replace")
     if "\ufffd" in text and "\ufffd" not in raw.decode("utf-8", errors="ignore"):
         print(f"warning: {args.prompts} is not valid UTF-8; undecodable bytes replaced with U+FFFD", file=sys.stderr)
-    prompts = text.splitlines()
+    prompts = split_lines(text)
     if not prompts:
         raise DimbaError(f"prompts file {args.prompts} is empty")
     return prompts
 
 
 def completed_prompts(output: Path) -> list[str]:
-    """The prompts of the complete, valid JSON lines in output (a torn last line is dropped)."""
-    if not output.exists():
+    """The prompts of the complete, valid JSON lines in output (a torn last line is dropped). JSON escapes
+    "\\n" inside strings, so rows are split at "\\n" only."""
+    if not output.is_file():
         return []
-    done, lines = [], output.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    text = output.read_text(encoding="utf-8", errors="replace")
+    lines = [line + "\n" for line in text.split("\n")[:-1]]
+    tail = text.rsplit("\n", 1)[-1] if "\n" in text else text
+    done = []
     for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             break
-        if not line.endswith("\n") or not isinstance(row, dict) or "prompt" not in row:
+        if not isinstance(row, dict) or "prompt" not in row:
             break
         done.append(row["prompt"])
-    if len(done) < len(lines):  # drop a torn tail so that appending keeps the file valid JSONL
+    if len(done) < len(lines) or tail:  # drop a torn tail so that appending keeps the file valid JSONL
         output.write_text("".join(lines[:len(done)]), encoding="utf-8")
     return done
 
 
 def open_output(args, prompts: list[str]):
     """(file handle or None, index of the first prompt still to do). An existing output is resumed only if
-    its lines answer the same leading prompts; otherwise it is left untouched and the run refused."""
+    its lines answer the same leading prompts; otherwise it is left untouched and the run refused. Something
+    that is not a regular file (a device, a pipe) is written to, never read or removed."""
     if args.output is None:
         return None, 0
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        if args.overwrite and args.output.exists():
+        if args.overwrite and args.output.is_file():
             args.output.unlink()
         done = completed_prompts(args.output)
         if done != prompts[:len(done)]:
@@ -101,20 +104,42 @@ def open_output(args, prompts: list[str]):
                              "or choose another --output")
         handle = open(args.output, "a", encoding="utf-8")
     except OSError as err:
-        raise DimbaError(f"cannot write to {args.output}: {err.strerror}") from None
+        raise DimbaError(f"cannot write to {args.output}: {err.strerror or err}") from None
     if done:
         print(f"{args.output}: {len(done)} of {len(prompts)} prompts already done, continuing", file=sys.stderr)
     return handle, len(done)
 
 
+def decode_partial(tok, ids: list[int]) -> str:
+    """Text of a partial completion, with "_" for positions the model has not decided yet (-1)."""
+    out, run = [], []
+    for i in ids:
+        if i < 0:
+            out.append(tok.decode(run) + "_")
+            run = []
+        else:
+            run.append(i)
+    return "".join(out) + tok.decode(run)
+
+
+def write_row(handle, output: Path, row: dict) -> None:
+    try:
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+    except OSError as err:
+        raise DimbaError(f"cannot write to {output}: {err.strerror or err}") from None
+
+
 def run(args) -> None:
+    if args.length is not None and args.length < 1:
+        raise ConfigError(f"--length must be >= 1, got {args.length}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
+    cfg = sampling_config_from_args(args)
     prompts = read_prompts(args)
-    cfg = SamplingConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, guidance=args.guidance,
-                         self_condition=not args.no_self_condition, clamp_from=args.clamp_from,
-                         temperature=args.temperature, top_p=args.top_p, x0_temperature=args.x0_temperature,
-                         seed=args.seed)
     model = load_for_inference(args.ckpt_path, args.device)
-    tok, context = model.tokenizer, model.hparams.seq_len
+    model.check_sampling(cfg)
+    tok, context = model.tokenizer, model.seq_len
     encoded = [tok.encode(p) for p in prompts]
     for i, ids in enumerate(encoded):
         need = len(ids) + (args.length or 1)
@@ -129,32 +154,29 @@ def run(args) -> None:
             idx = list(range(lo, min(lo + args.batch_size, len(prompts))))
             batch = [encoded[i] for i in idx]
             length = args.length or context - max(len(b) for b in batch)
+            show = None
+            if args.show_steps:
+                show = lambda step, guess: print(f"[step {step + 1}] {decode_partial(tok, guess[0].tolist())!r}",
+                                                 file=sys.stderr)
             began = time.perf_counter()
-            if isinstance(model, ARLM):
-                completions, trajectory = model.generate(batch, length, cfg.temperature, cfg.top_p, cfg.seed), []
-            else:
-                completions, trajectory = model.generate(batch, length, cfg, record_trajectory=args.show_steps)
+            completions = model.generate(batch, length, cfg, on_step=show, example_ids=idx)
             seconds = (time.perf_counter() - began) / len(idx)
-            for step, tokens in enumerate(trajectory):
-                print(f"[step {step + 1}/{cfg.steps}] {tok.decode(tokens[0, len(batch[0]):])!r}", file=sys.stderr)
             for i, ids in zip(idx, completions, strict=True):
                 completion = tok.decode(ids, stop_at_eos=True)
                 if handle is None:
                     print(prompts[i] + completion)
                 else:
-                    handle.write(json.dumps({"prompt": prompts[i], "completion": completion, "steps": cfg.steps,
-                                             "seconds": round(seconds, 4)}, ensure_ascii=False) + "\n")
-                    handle.flush()
+                    write_row(handle, args.output, {"prompt": prompts[i], "completion": completion,
+                                                    "steps": cfg.steps, "seconds": round(seconds, 4)})
             bar.update(len(idx))
         bar.close()
     finally:
         if handle is not None:
-            handle.close()
+            try:
+                handle.close()
+            except OSError:
+                pass  # the write error was already reported
 
 
 def main(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ValueError as err:  # invalid sampling settings (steps, top_p, eta, ...)
-        raise DimbaError(str(err)) from None
+    run(build_parser().parse_args(argv))

@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Timer, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from dimba.diffusion.generate import SamplingConfig
 from dimba.errors import DimbaError
+from dimba.sampling import SamplingConfig
 
 
 class EMA(WeightAveraging):
@@ -53,8 +53,9 @@ class SampleLogger(L.Callback):
         tok = pl_module.tokenizer
         was_training = pl_module.training
         pl_module.eval()
-        completions, _ = pl_module.generate([tok.encode(p) for p in self.prompts], self.length,
-                                            SamplingConfig(steps=self.steps, seed=step))
+        steps = {"steps": self.steps} if "steps" in pl_module.sampling_options else {}
+        completions = pl_module.generate([tok.encode(p) for p in self.prompts], self.length,
+                                         SamplingConfig(seed=step, **steps))
         pl_module.train(was_training)
         text = "\n\n".join(f"**{p!r}** → {tok.decode(c, stop_at_eos=True)!r}"
                            for p, c in zip(self.prompts, completions, strict=True))

@@ -1,0 +1,157 @@
+"""`dimba eval`: generation quality of a model (any kind) against steps, sampler, guidance, x0 temperature,
+reveal order and self-conditioning, and of the AR baseline, on held-out prompts, judged by a separate AR model.
+
+Writes results.json (with a few decoded samples per row and the prompt-sensitivity figures), results.md,
+quality_vs_steps.png, quality_vs_entropy.png, quality_vs_latency.png and TensorBoard events to --out_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dimba.errors import ConfigError, DimbaError
+from dimba.eval.quality import QualityEval, held_out_prompts, markdown, supported
+from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig
+from dimba.training.checkpoint import load_for_inference
+
+
+def csv_list(kind, choices=None):
+    def parse(s: str):
+        values = [kind(v) for v in s.split(",") if v]
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {choices}")
+        return values
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dimba eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt_path", required=True, help="the model to evaluate (any kind)")
+    p.add_argument("--judge_ckpt_path", required=True, help="a separate AR checkpoint that scores samples")
+    p.add_argument("--ar_ckpt_path", help="the AR baseline to compare with (optional)")
+    p.add_argument("--source", default="shakespeare", help="corpus whose validation split gives the prompts")
+    p.add_argument("--num_prompts", type=int, default=64)
+    p.add_argument("--prompt_len", type=int, default=32)
+    p.add_argument("--gen_len", type=int, default=96)
+    p.add_argument("--steps", type=csv_list(int), default=[8, 16, 32, 64, 128, 256])
+    p.add_argument("--samplers", type=csv_list(str, SAMPLERS), default=["ddim", "ddpm"])
+    p.add_argument("--ddpm_steps", type=csv_list(int), default=None, help="steps for ddpm (default: --steps)")
+    p.add_argument("--guidance", type=csv_list(float), default=[1.5, 3.0], help="extra CFG scales at --at_steps")
+    p.add_argument("--x0_temperatures", type=csv_list(float), default=[],
+                   help="extra x0 softmax temperatures at --at_steps")
+    p.add_argument("--temperatures", type=csv_list(float), default=[],
+                   help="extra final-draw temperatures at --at_steps")
+    p.add_argument("--top_ps", type=csv_list(float), default=[], help="extra top-p values at --at_steps")
+    p.add_argument("--reveals", type=csv_list(str, REVEAL_ORDERS), default=list(REVEAL_ORDERS),
+                   help="reveal orders of committing samplers, at every step count")
+    p.add_argument("--at_steps", type=int, default=32,
+                   help="steps of the guidance / temperature / self-cond ablation rows")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also measure whether completions follow their prompt or their noise (at --at_steps)")
+    p.add_argument("--samples", type=int, default=3, help="decoded completions kept per row in results.json")
+    p.add_argument("--ar_top_p", type=float, default=0.9)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out_dir", type=Path, default=Path("runs/eval"))
+    return p
+
+
+def check_args(args) -> None:
+    positive = {"--num_prompts": args.num_prompts, "--prompt_len": args.prompt_len, "--gen_len": args.gen_len,
+                "--batch_size": args.batch_size, "--at_steps": args.at_steps}
+    positive |= {f"--steps {n}": n for n in args.steps + (args.ddpm_steps or [])}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if args.samples < 0:
+        raise ConfigError(f"--samples must be >= 0, got {args.samples}")
+
+
+def grid(args) -> list[SamplingConfig]:
+    """Every setting the flags ask for; `supported` keeps those the model reads."""
+    config = lambda **kw: SamplingConfig(seed=args.seed, **kw)
+    configs = [config()]
+    for sampler in args.samplers:
+        for steps in (args.ddpm_steps or args.steps) if sampler == "ddpm" else args.steps:
+            configs += [config(sampler=sampler, steps=steps, reveal=r) for r in args.reveals]
+    at = args.at_steps
+    configs += [config(steps=at, guidance=g) for g in args.guidance]
+    configs += [config(steps=at, x0_temperature=x) for x in args.x0_temperatures]
+    configs += [config(steps=at, temperature=x) for x in args.temperatures]
+    configs += [config(steps=at, top_p=p) for p in args.top_ps]
+    configs.append(config(steps=at, self_condition=False))
+    return configs
+
+
+def evaluate(args) -> dict:
+    check_args(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_for_inference(args.ckpt_path, args.device)
+    judge = load_for_inference(args.judge_ckpt_path, args.device)
+    if not judge.can_score:
+        raise DimbaError(f"--judge_ckpt_path must be an autoregressive model; it holds {judge.display_name}, "
+                         "which cannot score text")
+    models = [model] + ([load_for_inference(args.ar_ckpt_path, args.device)] if args.ar_ckpt_path else [])
+    if any(m.tokenizer.fingerprint != judge.tokenizer.fingerprint for m in models):
+        raise DimbaError("the judge was trained with another tokenizer than the evaluated model(s)")
+    prompts, refs, freq = held_out_prompts(model.tokenizer, args.source, args.prompt_len, args.gen_len,
+                                           args.num_prompts, args.out_dir)
+    quality = QualityEval(judge, prompts, refs, freq, args.samples)
+    plans = [(model, supported(model, grid(args)))]
+    if args.ar_ckpt_path:
+        ar_grid = [SamplingConfig(seed=args.seed), SamplingConfig(seed=args.seed, top_p=args.ar_top_p)]
+        plans.append((models[1], supported(models[1], ar_grid)))
+    rows = quality.references(args.seed)
+    progress = tqdm(total=sum(len(configs) for _, configs in plans), desc="settings", file=sys.stderr)
+    for m, configs in plans:
+        rows += quality.model_rows(m, configs, args.batch_size, progress)
+    progress.close()
+    result = {"settings": vars(args) | {"out_dir": str(args.out_dir)},
+              "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
+              | {"judge": judge.num_parameters()},
+              "rows": rows}
+    if args.sensitivity:
+        def sensitivity_config(m):
+            wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
+            return wanted if wanted.changed() <= m.sampling_options else SamplingConfig(seed=args.seed)
+        result["prompt_sensitivity"] = [quality.prompt_sensitivity(m, sensitivity_config(m), args.batch_size)
+                                        for m in models]
+    return result
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from dimba.eval.plots import quality_vs_entropy, quality_vs_latency, quality_vs_steps
+
+    rows = result["rows"]
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    table = markdown(rows)
+    if result.get("prompt_sensitivity"):
+        keys = list(result["prompt_sensitivity"][0])
+        table += "\nPrompt sensitivity\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+        table += "".join("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                         + " |\n" for r in result["prompt_sensitivity"])
+    (out / "results.md").write_text(table)
+    writer = SummaryWriter(str(out))
+    writer.add_text("results", table)
+    writer.add_figure("quality_vs_steps", quality_vs_steps(rows, out / "quality_vs_steps.png"))
+    writer.add_figure("quality_vs_entropy", quality_vs_entropy(rows, out / "quality_vs_entropy.png"))
+    if any(r.get("latency_b1_s") for r in rows):
+        writer.add_figure("quality_vs_latency", quality_vs_latency(rows, out / "quality_vs_latency.png"))
+    writer.close()
+    print(table)
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    write_outputs(evaluate(args), args.out_dir)

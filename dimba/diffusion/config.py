@@ -1,0 +1,40 @@
+"""Configuration of DIMBA's diffusion process and of which tokens a training example gives as its prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dimba.config import Config, check, one_of
+from dimba.diffusion.schedules import SCHEDULES
+
+
+@dataclass
+class DiffusionConfig(Config):
+    """Gaussian diffusion over token embeddings (`dimba.training.dimba_lm.DimbaLM`)."""
+
+    schedule: str = "cosine"  # "cosine" (the paper, s = 0.008), "sqrt" (Diffusion-LM) or "linear"
+    log_snr_shift: float = 0.0  # added to log-SNR at every t: -2 ln k = k times more noise
+    time_warp: bool = True  # learn where to train and sample t from the loss curve (CDCD)
+    mse_weight: float = 1.0  # weight of ||x0_hat - x0||^2
+    ce_weight: float = 1.0  # weight of the rounding cross-entropy on the tied projection
+    self_cond_prob: float = 0.5  # share of batches trained with self-conditioning (if the network has it)
+
+    def __post_init__(self):
+        one_of("diffusion.schedule", self.schedule, SCHEDULES)
+        check(self.mse_weight >= 0 and self.ce_weight >= 0 and self.mse_weight + self.ce_weight > 0,
+              f"diffusion.mse_weight and ce_weight must be >= 0, not both 0; got {self.mse_weight}, {self.ce_weight}")
+        check(0 <= self.self_cond_prob <= 1, f"diffusion.self_cond_prob must be in [0, 1], got {self.self_cond_prob}")
+
+
+@dataclass
+class PromptConfig(Config):
+    """Which tokens of a training sequence are given clean, as the prompt the model conditions on."""
+
+    prompt_prob: float = 0.5  # share of examples with a clean prefix (the rest: no prompt at all)
+    max_prompt_frac: float = 0.5  # a prefix is 1 .. max_prompt_frac * seq_len tokens long
+    cfg_dropout: float = 0.1  # share of examples whose prompt is hidden (for classifier-free guidance)
+
+    def __post_init__(self):
+        for name in ("prompt_prob", "max_prompt_frac", "cfg_dropout"):
+            value = getattr(self, name)
+            check(0 <= value <= 1, f"prompt.{name} must be in [0, 1], got {value}")

@@ -1,0 +1,53 @@
+"""Discrete corruption: which tokens are hidden at time t, and which a sampler reveals at each step.
+
+The masking schedule is MDLM's log-linear one (Sahoo et al. 2024): a token is still clean at time t with
+probability alpha_t = 1 - t. Its negative ELBO weighs the cross-entropy of each hidden token by
+-alpha'_t / (1 - alpha_t) = 1 / t (MDLM, eq. 10). A reverse step from t to s < t reveals each hidden token
+with probability (alpha_s - alpha_t) / (1 - alpha_t) = (t - s) / t; the samplers here reveal exactly that share
+of the hidden tokens (rounded), at random positions or the most confident first (Kim et al. 2025).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dimba.sampling import ExampleStreams
+
+T_MIN = 1e-3  # no training example at t = 0 exactly (nothing hidden, weight 1/t infinite)
+
+
+def stratified_times(batch: int, device: torch.device | str = "cpu") -> Tensor:
+    """(B,) training times in [T_MIN, 1]: one uniform offset, evenly spread over the batch (MDLM's
+    low-discrepancy sampler: the same expectation as independent draws, less variance in the ELBO)."""
+    u = (torch.rand((), device=device) + torch.arange(batch, device=device) / batch) % 1.0
+    return T_MIN + (1 - T_MIN) * u
+
+
+def hide(generated: Tensor, t: Tensor, uniforms: Tensor | None = None) -> Tensor:
+    """(B, L) bool: each generated position is hidden with probability t (B,); prompt positions never are."""
+    u = torch.rand(generated.shape, device=generated.device) if uniforms is None else uniforms
+    return generated & (u < t[:, None])
+
+
+def elbo_weights(t: Tensor) -> Tensor:
+    """The negative ELBO's weight 1/t (B,) of the cross-entropy of a hidden token, for alpha_t = 1 - t."""
+    return 1.0 / t
+
+
+def hidden_after(n_generated: int, s: float) -> int:
+    """How many of n_generated tokens are still hidden at time s (the schedule's expectation, rounded)."""
+    return round(n_generated * s)
+
+
+def choose_reveals(hidden: Tensor, count: Tensor, confidence: Tensor | None, streams: ExampleStreams) -> Tensor:
+    """(B, L) bool: `count` (B,) of the hidden positions of each example to reveal now.
+
+    confidence: (B, L) scores, the highest revealed first; None: uniformly at random (from each example's stream).
+    """
+    scores = streams.rand(hidden.shape[1]).to(hidden.device) if confidence is None else confidence.float()
+    scores = scores.masked_fill(~hidden, float("-inf"))
+    order = scores.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(hidden.shape[1], device=hidden.device)
+                                            .expand_as(order).contiguous())
+    return hidden & (rank < count[:, None])

@@ -1,0 +1,118 @@
+"""Checkpoints for inference: read one (a training checkpoint or an export folder), bring the
+hyper-parameters of older versions to today's layout, and build the model on any device, with clear errors."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from dimba.errors import DimbaError
+from dimba.training.base import LanguageModelBase
+from dimba.training.export import read_export
+
+# Up to a92ad64 the LightningModules lived in other modules and took every setting as a flat keyword; their
+# checkpoints store flat hyper-parameters. Where each of those keywords lives now:
+MOVED_CLASSES = {"dimba.lit_module.DimbaLM": "dimba.training.dimba_lm.DimbaLM",
+                 "dimba.lit_ar.ARLM": "dimba.training.ar_lm.ARLM"}
+_NET = ("d_model", "n_layers", "mlp_ratio", "d_state", "headdim", "expand", "chunk_size", "impl")
+_OPTIM = ("lr", "weight_decay", "betas", "warmup_steps", "lr_decay_steps", "min_lr_ratio")
+FLAT_LAYOUTS = {
+    "dimba.training.dimba_lm.DimbaLM": {
+        "net": _NET,
+        "denoiser": ("d_embed", "conditioning", "combine", "prompt_encoder", "embed_norm", "x0_param",
+                     "self_conditioning"),
+        "diffusion": ("schedule", "log_snr_shift", "time_warp", "mse_weight", "ce_weight", "self_cond_prob"),
+        "prompt": ("prompt_prob", "max_prompt_frac", "cfg_dropout"),
+        "optim": _OPTIM,
+    },
+    "dimba.training.ar_lm.ARLM": {"net": _NET, "optim": _OPTIM},
+}
+
+
+def upgrade_hparams(hparams: dict) -> dict:
+    """Hyper-parameters of any version, as today's constructors take them (nested configs, current class path).
+    Today's layout passes through unchanged."""
+    hp = {k: v for k, v in hparams.items() if k != "_instantiator"}
+    path = hp.get("_class_path", "dimba.lit_module.DimbaLM")  # the oldest checkpoints name no class
+    hp["_class_path"] = path = MOVED_CLASSES.get(path, path)
+    layout = FLAT_LAYOUTS.get(path)
+    if layout is None or "net" in hp:
+        return hp
+    new = {"_class_path": path, **{k: hp.pop(k) for k in ("vocab_size", "seq_len") if k in hp}}
+    hp.pop("_class_path")
+    for group, names in layout.items():
+        new[group] = {name: hp.pop(name) for name in names if name in hp}
+    if hp:
+        raise DimbaError(f"the checkpoint has settings this version does not know: {', '.join(sorted(hp))}")
+    return new
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint written by `dimba fit`, or an export folder, as a dict with today's
+    hyper-parameter layout; clear errors otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = read_export(path)
+    elif not path.is_file():
+        raise DimbaError(f"checkpoint not found: {path}")
+    else:
+        try:
+            # Plain data only: a checkpoint is data, and loading it must not run code.
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+            reason = str(err).strip().split(". ")[0].splitlines()[0]
+            raise DimbaError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+            raise DimbaError(f"{path} is not a DIMBA training checkpoint (no state_dict / hyper_parameters)")
+        if not ckpt.get("tokenizer_json"):
+            raise DimbaError(f"{path} carries no tokenizer; it was not written by `dimba fit`")
+    ckpt["hyper_parameters"] = upgrade_hparams(ckpt["hyper_parameters"])
+    return ckpt
+
+
+def model_class(class_path: str) -> type[LanguageModelBase]:
+    """The LightningModule class a checkpoint names; only classes of this package are accepted."""
+    module, _, name = class_path.rpartition(".")
+    cls = None
+    if module.split(".")[0] == "dimba":
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, LanguageModelBase)):
+        raise DimbaError(f"the checkpoint holds a {class_path}, which is not a model kind of this version")
+    return cls
+
+
+def build_model(ckpt: dict, source: str | Path = "the checkpoint") -> LanguageModelBase:
+    """The model a checkpoint dict describes (today's layout), with its weights, tokenizer and extras."""
+    hparams = ckpt["hyper_parameters"]
+    cls = model_class(hparams["_class_path"])
+    try:
+        model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+        model.on_load_checkpoint(ckpt)  # tokenizer, clear shape errors, time warp
+        # Parameters saved in bf16 (or on a GPU) are cast to this model's fp32 copies on load.
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise DimbaError(f"{source} does not match this version's {cls.__name__}: {first}") from None
+    return model
+
+
+def load_for_inference(path: str | Path, device: str | torch.device | None = None) -> LanguageModelBase:
+    """The model of a checkpoint written by `dimba fit` or of an export folder (any model kind; EMA weights
+    when EMA was on), in fp32, in eval mode, on `device` (default: CUDA when available), with its tokenizer."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DimbaError(f"device {device} asked for, but this machine has no CUDA GPU")
+        torch.empty(0, device=device)
+    except RuntimeError as err:
+        raise DimbaError(f"cannot use device {str(device)!r}: {str(err).splitlines()[0]}") from None
+    model = build_model(read_checkpoint(path), path)
+    return model.float().to(device).eval()

@@ -1,0 +1,196 @@
+"""DimbaLM: Gaussian diffusion over token embeddings with the bidirectional Mamba-2 denoiser, for Lightning.
+
+It composes a noise schedule, the learned time warp, the denoiser, the losses and the sampler; none of them
+knows about the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from dimba.diffusion.config import DiffusionConfig, PromptConfig
+from dimba.diffusion.generate import reverse_diffusion
+from dimba.diffusion.losses import diffusion_loss
+from dimba.diffusion.masks import training_prompt
+from dimba.diffusion.samplers import DDIMSampler
+from dimba.diffusion.schedules import NoiseSchedule
+from dimba.diffusion.time_warp import TimeWarp
+from dimba.errors import ConfigError
+from dimba.models.config import DenoiserConfig, MambaConfig
+from dimba.models.denoiser import DimbaDenoiser
+from dimba.sampling import ExampleStreams, SamplingConfig
+from dimba.training.base import LanguageModelBase, LossOutput, OnStep
+from dimba.training.optim import OptimConfig
+from dimba.training.validation import VAL_TIMES, FixedTimeMetrics, per_example_draws
+
+T_MIN = 1e-3  # t = 0 exactly is a noiseless, uninformative training example
+
+
+@dataclass
+class DiffusionStepLoss(LossOutput):
+    """The loss of one batch, with what the time warp learns from: each example's t and cross-entropy."""
+
+    t: Tensor | None = None  # (B,)
+    per_example_ce: Tensor | None = None  # (B,)
+
+
+class DimbaLM(LanguageModelBase):
+    """Diffusion LM over token embeddings.
+
+    Args:
+        net: the Mamba-2 backbone (`MambaConfig`). denoiser: what the denoiser adds (`DenoiserConfig`).
+        diffusion: schedule, time warp and loss weights (`DiffusionConfig`).
+        prompt: which tokens of a training example are its clean prompt (`PromptConfig`).
+        optim: optimiser and LR schedule (`OptimConfig`).
+        vocab_size, seq_len: from the data module (linked by the CLI).
+    """
+
+    kind, short_name, display_name = "dimba", "DIMBA", "DIMBA (Gaussian diffusion)"
+    sampling_options = frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from",
+                                  "temperature", "top_p", "x0_temperature", "warped_steps"})
+
+    def __init__(self, net: MambaConfig = MambaConfig(), denoiser: DenoiserConfig = DenoiserConfig(),
+                 diffusion: DiffusionConfig = DiffusionConfig(), prompt: PromptConfig = PromptConfig(),
+                 optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
+        super().__init__(vocab_size, seq_len, optim)
+        self.net_config = MambaConfig.from_dict(net)
+        self.denoiser_config = DenoiserConfig.from_dict(denoiser)
+        self.diffusion_config = DiffusionConfig.from_dict(diffusion)
+        self.prompt_config = PromptConfig.from_dict(prompt)
+        self.save_configs(net=self.net_config, denoiser=self.denoiser_config, diffusion=self.diffusion_config,
+                          prompt=self.prompt_config)
+        self.net = DimbaDenoiser(self.net_config, self.denoiser_config, vocab_size)
+        self.schedule = NoiseSchedule(self.diffusion_config.schedule, log_snr_shift=self.diffusion_config.log_snr_shift)
+        self.warp = TimeWarp() if self.diffusion_config.time_warp else None
+        self.eval_metrics = FixedTimeMetrics()
+
+    # ------------------------------------------------------------------ training
+    def sample_times(self, batch: int) -> Tensor:
+        u = torch.rand(batch, device=self.device)
+        t = self.warp.warp(u) if self.warp is not None else u
+        return t.clamp(T_MIN, 1.0)
+
+    def denoising_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None,
+                       self_cond_prob: float, noise: Tensor | None = None) -> DiffusionStepLoss:
+        """The loss of denoising `tokens` (B, L) noised to t (B,), with the prompt_mask positions given."""
+        cfg = self.diffusion_config
+        x0 = self.net.embed(tokens)
+        noise = torch.randn_like(x0) if noise is None else noise
+        x_t = self.schedule.q_sample(x0, t, noise)
+        self_cond = None
+        # Draw only when it can matter: validation (prob 0) must not consume the training's random stream.
+        if self.net.self_conditioning and self_cond_prob > 0 and torch.rand(()) < self_cond_prob:
+            with torch.no_grad():  # a first estimate, fed back without gradient (Chen et al. 2022)
+                self_cond = self.net(x_t, t, tokens, prompt_mask, None, drop_prompt)[1].detach()
+        logits, x0_hat = self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt)
+        parts = diffusion_loss(logits, x0_hat, x0, tokens, ~prompt_mask, cfg.mse_weight, cfg.ce_weight)
+        return DiffusionStepLoss(total=parts.total, metrics={"mse": parts.mse, "ce": parts.ce, "acc": parts.accuracy},
+                                 t=t, per_example_ce=parts.per_example_ce)
+
+    def loss(self, batch: Tensor) -> DiffusionStepLoss:
+        B, L_ = batch.shape
+        t = self.sample_times(B)
+        prompt_mask, drop = training_prompt(self.prompt_config, B, L_, self.device)
+        return self.denoising_loss(batch, t, prompt_mask, drop, self.diffusion_config.self_cond_prob)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        out = self.loss(batch)
+        if self.warp is not None:
+            t_seen, ce_seen = out.t.detach(), out.per_example_ce.detach()
+            if self._trainer is not None and self.trainer.world_size > 1:
+                # Every rank folds in every rank's losses, so the warps stay identical under DDP.
+                t_seen, ce_seen = self.all_gather(t_seen), self.all_gather(ce_seen)
+            self.warp.update(t_seen.flatten(), ce_seen.flatten())
+        self.log_training(out, batch.shape[0])
+        return out.total
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, "test")
+
+    def evaluate_at_fixed_times(self, batch: Tensor, stage: str) -> None:
+        """Loss and token accuracy at fixed t, unconditional, with fixed noise per example (comparable across
+        validations), aggregated over all batches and ranks by token count."""
+        tokens = batch
+        B, L_ = tokens.shape
+        no_prompt = torch.zeros_like(tokens, dtype=torch.bool)
+        noise = per_example_draws(tokens, L_, self.denoiser_config.d_embed)
+        for i, tv in enumerate(VAL_TIMES):
+            t = torch.full((B,), tv, device=self.device)
+            out = self.denoising_loss(tokens, t, no_prompt, None, self_cond_prob=0.0, noise=noise)
+            self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
+                                     float(tokens.numel()), B)
+
+    def on_validation_epoch_end(self) -> None:
+        self.eval_metrics.log_stage_loss(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_metrics.log_stage_loss(self, "test")
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.warp is not None:
+            checkpoint["time_warp"] = self.warp.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.warp is not None and checkpoint.get("time_warp") is not None:
+            self.warp.load_state_dict(checkpoint["time_warp"])
+
+    # ------------------------------------------------------------------ sampling
+    def generation_call(self):
+        return self.net.forward  # a bound method: compiling it registers no submodule in the checkpoint
+
+    def forward_at_length(self, length: int):
+        x = torch.randn(1, length, self.denoiser_config.d_embed, device=self.device)
+        t = torch.full((1,), 0.5, device=self.device)
+        tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
+        return lambda: self.net(x, t, tokens, torch.zeros_like(tokens, dtype=torch.bool))
+
+    def describe(self, cfg: SamplingConfig) -> str:
+        """E.g. "DIMBA ddim 32 steps, guidance 3.0" (the labels of docs/results.md)."""
+        return (f"DIMBA {cfg.sampler} {cfg.steps} steps" + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else "")
+                + (f", x0 temperature {cfg.x0_temperature}" if cfg.x0_temperature != 1 else "")
+                + (f", temperature {cfg.temperature}" if cfg.temperature != 1 else "")
+                + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else "")
+                + ("" if cfg.self_condition else ", no self-cond"))
+
+    def sample(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig, streams: ExampleStreams,
+               on_step: OnStep | None) -> list[list[int]]:
+        if cfg.x0_temperature != 1.0 and self.net.x0_param != "softmax":
+            raise ConfigError("x0_temperature needs a model with x0_param 'softmax' (this one regresses x0 directly)")
+        return self.sample_by_prompt_length(prompts, gen_len, streams, on_step,
+                                            partial(self._denoise, cfg=cfg))
+
+    def _denoise(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
+                 cfg: SamplingConfig) -> Tensor:
+        """Prompts (B, P) of one length -> (B, gen_len) tokens, by reverse diffusion over (B, P + gen_len)."""
+        prompt_len = prompt.shape[1]
+        tokens = torch.cat([prompt, prompt.new_zeros(len(prompt), gen_len)], dim=1)
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        mask[:, :prompt_len] = True
+        sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
+        use_self_cond = cfg.self_condition and self.net.self_conditioning
+        net = self.generation_fn()
+
+        def denoise(x_t, t, self_cond, drop):
+            return net(x_t, t, tokens, mask, self_cond if use_self_cond else None, drop)
+
+        report = None if on_step is None else lambda i, guess: on_step(i, guess[:, prompt_len:])
+        out = reverse_diffusion(denoise, sampler, tuple(tokens.shape) + (self.denoiser_config.d_embed,),
+                                self.net.embedding_table(), cfg, streams, self.warp, report)
+        return out[:, prompt_len:]
+
+    @property
+    def flops_per_token(self) -> float:
+        """Approximate training FLOPs per token: 6 x parameters (Kaplan et al. 2020), plus 2 x parameters for
+        the extra no-grad forward that self-conditioning runs on a fraction of the batches."""
+        extra = self.diffusion_config.self_cond_prob if self.net.self_conditioning else 0.0
+        return (6 + 2 * extra) * self.num_parameters()

@@ -1,0 +1,141 @@
+"""MaskedLM: masked diffusion (MDLM, Sahoo et al. 2024) on the same bidirectional Mamba-2 backbone, the
+non-autoregressive baseline that commits tokens one by one.
+
+Training: hide each generated token with probability t (log-linear schedule), predict the hidden ones, weigh
+their cross-entropy by the ELBO's 1/t. Sampling: start with every generated token hidden and reveal a
+(t - s)/t share of the hidden ones at each step (ancestral sampling), drawn from the model's logits at random
+positions or the most confident first; a step that reveals nothing runs no network call (the cache).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dimba.diffusion.config import PromptConfig
+from dimba.diffusion.masking import choose_reveals, elbo_weights, hidden_after, hide, stratified_times
+from dimba.diffusion.masks import random_prefix_mask
+from dimba.models.config import MambaConfig, MaskedConfig
+from dimba.models.masked import MaskedDenoiser
+from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
+from dimba.training.base import LanguageModelBase, LossOutput, OnStep
+from dimba.training.optim import OptimConfig
+from dimba.training.validation import VAL_TIMES, FixedTimeMetrics, per_example_draws
+
+
+class MaskedLM(LanguageModelBase):
+    """Masked diffusion LM.
+
+    Args:
+        net: the Mamba-2 backbone (`MambaConfig`), bidirectional here. masked: what the network adds.
+        prompt: which tokens of a training example are its clean prompt (`PromptConfig`; cfg_dropout unused).
+        optim: optimiser and LR schedule. vocab_size, seq_len: from the data module (linked by the CLI).
+    """
+
+    kind, short_name, display_name = "masked", "MDLM", "the masked-diffusion baseline (MDLM)"
+    sampling_options = frozenset({"steps", "temperature", "top_p", "reveal"})
+
+    def __init__(self, net: MambaConfig = MambaConfig(), masked: MaskedConfig = MaskedConfig(),
+                 prompt: PromptConfig = PromptConfig(), optim: OptimConfig = OptimConfig(), vocab_size: int = 4096,
+                 seq_len: int = 128):
+        super().__init__(vocab_size, seq_len, optim)
+        self.net_config = MambaConfig.from_dict(net)
+        self.masked_config = MaskedConfig.from_dict(masked)
+        self.prompt_config = PromptConfig.from_dict(prompt)
+        self.save_configs(net=self.net_config, masked=self.masked_config, prompt=self.prompt_config)
+        self.net = MaskedDenoiser(self.net_config, self.masked_config, vocab_size)
+        self.eval_metrics = FixedTimeMetrics()
+
+    # ------------------------------------------------------------------ training
+    def masked_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, uniforms: Tensor | None = None
+                    ) -> LossOutput:
+        """Negative ELBO per generated token: sum over hidden positions of CE / t, over the generated count."""
+        generated = ~prompt_mask
+        hidden = hide(generated, t, uniforms)
+        logits = self.net(tokens.masked_fill(hidden, self.net.mask_id))
+        ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")  # (B, L)
+        per_example = (ce * hidden).sum(1) * elbo_weights(t) / generated.sum(1).clamp(min=1)
+        count = hidden.sum().clamp(min=1)
+        correct = (logits.argmax(-1) == tokens) & hidden
+        return LossOutput(per_example.mean(), {"ce": (ce * hidden).sum() / count, "acc": correct.sum() / count})
+
+    def loss(self, batch: Tensor) -> LossOutput:
+        B, L_ = batch.shape
+        t = stratified_times(B, self.device)
+        cfg = self.prompt_config
+        return self.masked_loss(batch, t, random_prefix_mask(B, L_, cfg.prompt_prob, cfg.max_prompt_frac,
+                                                             self.device))
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, "test")
+
+    def evaluate_at_fixed_times(self, batch: Tensor, stage: str) -> None:
+        """CE and accuracy of the hidden tokens at fixed t (a t share hidden), unconditional, with fixed masks
+        per example; the loss is the ELBO-weighted one."""
+        B, L_ = batch.shape
+        no_prompt = torch.zeros_like(batch, dtype=torch.bool)
+        uniforms = per_example_draws(batch, L_, uniform=True)
+        for i, tv in enumerate(VAL_TIMES):
+            t = torch.full((B,), tv, device=self.device)
+            out = self.masked_loss(batch, t, no_prompt, uniforms)
+            self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
+                                     float(batch.numel()), B)
+
+    def on_validation_epoch_end(self) -> None:
+        self.eval_metrics.log_stage_loss(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_metrics.log_stage_loss(self, "test")
+
+    @property
+    def flops_per_token(self) -> float:
+        """6 x parameters (Kaplan et al. 2020)."""
+        return 6.0 * self.num_parameters()
+
+    # ------------------------------------------------------------------ sampling
+    def generation_call(self):
+        return self.net.forward
+
+    def forward_at_length(self, length: int):
+        tokens = torch.full((1, length), self.net.mask_id, dtype=torch.long, device=self.device)
+        return lambda: self.net(tokens)
+
+    def describe(self, cfg: SamplingConfig) -> str:
+        """E.g. "MDLM 32 steps, reveal confidence"."""
+        return (f"MDLM {cfg.steps} steps, reveal {cfg.reveal}" + (f", temperature {cfg.temperature}"
+                                                                  if cfg.temperature != 1 else "")
+                + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else ""))
+
+    def sample(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig, streams: ExampleStreams,
+               on_step: OnStep | None) -> list[list[int]]:
+        return self.sample_by_prompt_length(prompts, gen_len, streams, on_step, partial(self._unmask, cfg=cfg))
+
+    def _unmask(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
+                cfg: SamplingConfig) -> Tensor:
+        """Prompts (B, P) of one length -> (B, gen_len) tokens, revealed over cfg.steps steps."""
+        B, P = prompt.shape
+        net = self.generation_fn()
+        x = torch.cat([prompt, prompt.new_full((B, gen_len), self.net.mask_id)], dim=1)
+        hidden = torch.ones(B, gen_len, dtype=torch.bool, device=self.device)
+        times = torch.linspace(1, 0, cfg.steps + 1, dtype=torch.float64)
+        logits = None  # the network's answer for the current x; None once x has changed (the cache)
+        for i in range(cfg.steps):
+            count = (hidden.sum(1) - hidden_after(gen_len, float(times[i + 1]))).clamp(min=0)
+            if count.any():
+                if logits is None:
+                    logits = net(x)[:, P:]
+                draws = sample_tokens(logits, cfg.temperature, cfg.top_p, streams)
+                confidence = torch.softmax(logits, -1).amax(-1) if cfg.reveal == "confidence" else None
+                reveal = choose_reveals(hidden, count, confidence, streams)
+                x[:, P:] = torch.where(reveal, draws, x[:, P:])
+                hidden &= ~reveal
+                logits = None
+            if on_step is not None:
+                on_step(i, x[:, P:].masked_fill(hidden, -1))
+        return x[:, P:]
