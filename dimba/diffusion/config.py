@@ -7,20 +7,28 @@ from dataclasses import dataclass
 from dimba.config import Config, check, one_of
 from dimba.diffusion.schedules import SCHEDULES
 
+CORRUPTIONS = ("gaussian", "hybrid")
+
 
 @dataclass
 class DiffusionConfig(Config):
     """Gaussian diffusion over token embeddings (`dimba.training.dimba_lm.DimbaLM`)."""
 
-    schedule: str = "cosine"  # "cosine" (the paper, s = 0.008), "sqrt" (Diffusion-LM) or "linear"
+    corruption: str = "gaussian"  # "gaussian": every generated token noised; "hybrid": some kept clean (CANDI)
+    schedule: str = "cosine"  # "cosine" (the paper, s = 0.008), "sqrt" (Diffusion-LM), "linear" or "rank" (CANDI)
     log_snr_shift: float = 0.0  # added to log-SNR at every t: -2 ln k = k times more noise
     time_warp: bool = True  # learn where to train and sample t from the loss curve (CDCD)
     mse_weight: float = 1.0  # weight of ||x0_hat - x0||^2
     ce_weight: float = 1.0  # weight of the rounding cross-entropy on the tied projection
     self_cond_prob: float = 0.5  # share of batches trained with self-conditioning (if the network has it)
+    skip_logits: bool = False  # add the exact likelihood of x_t under each token to the logits (Plaid)
 
     def __post_init__(self):
+        one_of("diffusion.corruption", self.corruption, CORRUPTIONS)
         one_of("diffusion.schedule", self.schedule, SCHEDULES)
+        check(self.corruption == "gaussian" or not self.time_warp,
+              "diffusion.time_warp must be false with the hybrid corruption: it draws t uniformly and weighs "
+              "the loss by the ELBO's 1/t")
         check(self.mse_weight >= 0 and self.ce_weight >= 0 and self.mse_weight + self.ce_weight > 0,
               f"diffusion.mse_weight and ce_weight must be >= 0, not both 0; got {self.mse_weight}, {self.ce_weight}")
         check(0 <= self.self_cond_prob <= 1, f"diffusion.self_cond_prob must be in [0, 1], got {self.self_cond_prob}")

@@ -30,11 +30,6 @@ def hide(generated: Tensor, t: Tensor, uniforms: Tensor | None = None) -> Tensor
     return generated & (u < t[:, None])
 
 
-def elbo_weights(t: Tensor) -> Tensor:
-    """The negative ELBO's weight 1/t (B,) of the cross-entropy of a hidden token, for alpha_t = 1 - t."""
-    return 1.0 / t
-
-
 def hidden_after(n_generated: int, s: float) -> int:
     """How many of n_generated tokens are still hidden at time s (the schedule's expectation, rounded)."""
     return round(n_generated * s)

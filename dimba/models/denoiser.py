@@ -57,34 +57,42 @@ class DimbaDenoiser(nn.Module):
         return F.embedding(tokens, self.embedding_table())
 
     def forward(self, x_t: Tensor, t: Tensor, prompt_tokens: Tensor, prompt_mask: Tensor,
-                self_cond: Tensor | None = None, drop_prompt: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                self_cond: Tensor | None = None, drop_prompt: Tensor | None = None, clean_mask: Tensor | None = None,
+                logit_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """
         Args:
-            x_t: (B, L, d_embed) noised embeddings (values at prompt positions are ignored).
+            x_t: (B, L, d_embed) noised embeddings (values at clean positions are ignored).
             t: (B,) diffusion time in [0, 1].
-            prompt_tokens: (B, L) token ids, read at prompt positions only.
-            prompt_mask: (B, L) bool, True where the token is a given (clean) prompt token.
+            prompt_tokens: (B, L) token ids, read at clean positions only.
+            prompt_mask: (B, L) bool, True where the token is a given prompt token (it feeds the prompt encoder).
             self_cond: (B, L, d_embed) previous x0 estimate, or None (zeros).
             drop_prompt: (B,) bool, True to hide the prompt (classifier-free guidance's unconditional branch).
+            clean_mask: (B, L) bool, positions given exactly (the prompt, and tokens a committing sampler has
+                revealed); default: prompt_mask.
+            logit_bias: (B, L, vocab) added to the logits before x0_hat is formed (e.g. the likelihood of x_t
+                under each token, computed by the diffusion code).
         Returns:
             logits: (B, L, vocab) fp32 scores of the tied output projection.
             x0_hat: (B, L, d_embed) fp32 estimate of the clean embeddings.
         """
+        clean_mask = prompt_mask if clean_mask is None else clean_mask
         table = self.embedding_table()
         clean = F.embedding(prompt_tokens, table)  # (B, L, De)
         if drop_prompt is not None:
             hidden = drop_prompt[:, None, None] & prompt_mask[..., None]
             clean = torch.where(hidden, self.null_token.to(clean.dtype).expand_as(clean), clean)
         cond_mask = prompt_mask if drop_prompt is None else prompt_mask & ~drop_prompt[:, None]
-        x_in = torch.where(prompt_mask[..., None], clean, x_t.to(clean.dtype))
+        x_in = torch.where(clean_mask[..., None], clean, x_t.to(clean.dtype))
         if self.self_conditioning:
             sc = torch.zeros_like(x_in) if self_cond is None else self_cond.to(x_in.dtype)
-            x_in = torch.cat([x_in, sc.masked_fill(prompt_mask[..., None], 0.0)], dim=-1)
-        h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(prompt_mask.long())  # (B, L, D)
+            x_in = torch.cat([x_in, sc.masked_fill(clean_mask[..., None], 0.0)], dim=-1)
+        h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(clean_mask.long())  # (B, L, D)
         c = self.time_embed(t) + self.prompt_encoder(clean, cond_mask)  # (B, D)
         for block in self.blocks:
             h = block(h, c)
         out = upcast(self.out_proj(self.norm_f(h)))  # (B, L, De)
         logits = out @ table.t()  # (B, L, V), fp32: the softmax over a large vocabulary needs the range
+        if logit_bias is not None:
+            logits = logits + logit_bias
         x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
         return logits, x0_hat

@@ -14,7 +14,9 @@ from torch import Tensor
 
 from dimba.diffusion.config import DiffusionConfig, PromptConfig
 from dimba.diffusion.generate import reverse_diffusion
-from dimba.diffusion.losses import diffusion_loss
+from dimba.diffusion.hybrid import hybrid_reverse_diffusion, likelihood_logits
+from dimba.diffusion.losses import diffusion_loss, elbo_cross_entropy
+from dimba.diffusion.masking import hide, stratified_times
 from dimba.diffusion.masks import training_prompt
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.diffusion.schedules import NoiseSchedule
@@ -49,9 +51,7 @@ class DimbaLM(LanguageModelBase):
         vocab_size, seq_len: from the data module (linked by the CLI).
     """
 
-    kind, short_name, display_name = "dimba", "DIMBA", "DIMBA (Gaussian diffusion)"
-    sampling_options = frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from",
-                                  "temperature", "top_p", "x0_temperature", "warped_steps"})
+    kind, short_name = "dimba", "DIMBA"
 
     def __init__(self, net: MambaConfig = MambaConfig(), denoiser: DenoiserConfig = DenoiserConfig(),
                  diffusion: DiffusionConfig = DiffusionConfig(), prompt: PromptConfig = PromptConfig(),
@@ -64,31 +64,68 @@ class DimbaLM(LanguageModelBase):
         self.save_configs(net=self.net_config, denoiser=self.denoiser_config, diffusion=self.diffusion_config,
                           prompt=self.prompt_config)
         self.net = DimbaDenoiser(self.net_config, self.denoiser_config, vocab_size)
-        self.schedule = NoiseSchedule(self.diffusion_config.schedule, log_snr_shift=self.diffusion_config.log_snr_shift)
+        self.hybrid = self.diffusion_config.corruption == "hybrid"
+        self.schedule = NoiseSchedule(self.diffusion_config.schedule, log_snr_shift=self.diffusion_config.log_snr_shift,
+                                      d_embed=self.denoiser_config.d_embed)
         self.warp = TimeWarp() if self.diffusion_config.time_warp else None
         self.eval_metrics = FixedTimeMetrics()
 
     # ------------------------------------------------------------------ training
+    @property
+    def display_name(self) -> str:
+        return f"DIMBA ({self.diffusion_config.corruption} diffusion)"
+
+    @property
+    def sampling_options(self) -> frozenset[str]:
+        if self.hybrid:
+            return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "top_p", "x0_temperature",
+                              "reveal"})
+        return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from", "temperature",
+                          "top_p", "x0_temperature", "warped_steps"})
+
     def sample_times(self, batch: int) -> Tensor:
+        if self.hybrid:  # uniform: the ELBO's 1/t weight already says where the loss matters
+            return stratified_times(batch, self.device)
         u = torch.rand(batch, device=self.device)
         t = self.warp.warp(u) if self.warp is not None else u
         return t.clamp(T_MIN, 1.0)
 
+    def likelihood_bias(self, x_t: Tensor, t: Tensor) -> Tensor | None:
+        """The skip-logits term (diffusion.skip_logits) for latents x_t (B, L, d) at t (B,), else None."""
+        if not self.diffusion_config.skip_logits:
+            return None
+        return likelihood_logits(x_t, self.net.embedding_table(), self.schedule.alpha_bar(t))
+
     def denoising_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None,
-                       self_cond_prob: float, noise: Tensor | None = None) -> DiffusionStepLoss:
-        """The loss of denoising `tokens` (B, L) noised to t (B,), with the prompt_mask positions given."""
+                       self_cond_prob: float, noise: Tensor | None = None, uniforms: Tensor | None = None
+                       ) -> DiffusionStepLoss:
+        """The loss of denoising `tokens` (B, L) corrupted at t (B,), with the prompt_mask positions given.
+
+        Gaussian corruption noises every generated position; the hybrid one keeps each clean with probability
+        1 - t (uniforms: optional (B, L) draws deciding which) and weighs the corrupted tokens' CE by 1/t."""
         cfg = self.diffusion_config
         x0 = self.net.embed(tokens)
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.schedule.q_sample(x0, t, noise)
+        generated = ~prompt_mask
+        corrupted = hide(generated, t, uniforms) if self.hybrid else generated
+        bias = self.likelihood_bias(x_t, t)
+
+        def net(self_cond):
+            return self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt, ~corrupted, bias)
+
         self_cond = None
         # Draw only when it can matter: validation (prob 0) must not consume the training's random stream.
         if self.net.self_conditioning and self_cond_prob > 0 and torch.rand(()) < self_cond_prob:
             with torch.no_grad():  # a first estimate, fed back without gradient (Chen et al. 2022)
-                self_cond = self.net(x_t, t, tokens, prompt_mask, None, drop_prompt)[1].detach()
-        logits, x0_hat = self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt)
-        parts = diffusion_loss(logits, x0_hat, x0, tokens, ~prompt_mask, cfg.mse_weight, cfg.ce_weight)
-        return DiffusionStepLoss(total=parts.total, metrics={"mse": parts.mse, "ce": parts.ce, "acc": parts.accuracy},
+                self_cond = net(None)[1].detach()
+        logits, x0_hat = net(self_cond)
+        parts = diffusion_loss(logits, x0_hat, x0, tokens, corrupted, cfg.mse_weight, cfg.ce_weight)
+        total = parts.total
+        if self.hybrid:
+            total = cfg.ce_weight * elbo_cross_entropy(logits, tokens, corrupted, generated, t) + \
+                cfg.mse_weight * parts.mse
+        return DiffusionStepLoss(total=total, metrics={"mse": parts.mse, "ce": parts.ce, "acc": parts.accuracy},
                                  t=t, per_example_ce=parts.per_example_ce)
 
     def loss(self, batch: Tensor) -> DiffusionStepLoss:
@@ -121,9 +158,10 @@ class DimbaLM(LanguageModelBase):
         B, L_ = tokens.shape
         no_prompt = torch.zeros_like(tokens, dtype=torch.bool)
         noise = per_example_draws(tokens, L_, self.denoiser_config.d_embed)
+        uniforms = per_example_draws(tokens, L_, uniform=True) if self.hybrid else None
         for i, tv in enumerate(VAL_TIMES):
             t = torch.full((B,), tv, device=self.device)
-            out = self.denoising_loss(tokens, t, no_prompt, None, self_cond_prob=0.0, noise=noise)
+            out = self.denoising_loss(tokens, t, no_prompt, None, self_cond_prob=0.0, noise=noise, uniforms=uniforms)
             self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
                                      float(tokens.numel()), B)
 
@@ -155,8 +193,11 @@ class DimbaLM(LanguageModelBase):
         return lambda: self.net(x, t, tokens, torch.zeros_like(tokens, dtype=torch.bool))
 
     def describe(self, cfg: SamplingConfig) -> str:
-        """E.g. "DIMBA ddim 32 steps, guidance 3.0" (the labels of docs/results.md)."""
-        return (f"DIMBA {cfg.sampler} {cfg.steps} steps" + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else "")
+        """E.g. "DIMBA ddim 32 steps, guidance 3.0" (the labels of docs/results.md), "DIMBA hybrid ddim 32 steps,
+        reveal random"."""
+        return (f"DIMBA {'hybrid ' if self.hybrid else ''}{cfg.sampler} {cfg.steps} steps"
+                + (f", reveal {cfg.reveal}" if self.hybrid else "")
+                + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else "")
                 + (f", x0 temperature {cfg.x0_temperature}" if cfg.x0_temperature != 1 else "")
                 + (f", temperature {cfg.temperature}" if cfg.temperature != 1 else "")
                 + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else "")
@@ -166,8 +207,37 @@ class DimbaLM(LanguageModelBase):
                on_step: OnStep | None) -> list[list[int]]:
         if cfg.x0_temperature != 1.0 and self.net.x0_param != "softmax":
             raise ConfigError("x0_temperature needs a model with x0_param 'softmax' (this one regresses x0 directly)")
-        return self.sample_by_prompt_length(prompts, gen_len, streams, on_step,
-                                            partial(self._denoise, cfg=cfg))
+        group = self._reveal if self.hybrid else self._denoise
+        return self.sample_by_prompt_length(prompts, gen_len, streams, on_step, partial(group, cfg=cfg))
+
+    def _reveal(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
+                cfg: SamplingConfig) -> Tensor:
+        """Prompts (B, P) of one length -> (B, gen_len) tokens, by the hybrid sampler (commit as it goes)."""
+        B, P = prompt.shape
+        d_embed = self.denoiser_config.d_embed
+        prompt_mask = torch.zeros(B, P + gen_len, dtype=torch.bool, device=self.device)
+        prompt_mask[:, :P] = True
+        use_self_cond = cfg.self_condition and self.net.self_conditioning
+        net = self.generation_fn()
+
+        def with_prompt(generated: Tensor, prompt_part: Tensor) -> Tensor:
+            return torch.cat([prompt_part, generated], dim=1)
+
+        def denoise(x, t, tokens, clean, self_cond, drop):
+            # The network sees prompt + generated positions; latents and estimates at the prompt are unused.
+            zeros = x.new_zeros(B, P, d_embed)
+            x_t = with_prompt(x, zeros)
+            if use_self_cond and self_cond is not None:
+                self_cond = with_prompt(self_cond, zeros)
+            else:
+                self_cond = None
+            logits, x0_hat = net(x_t, t, with_prompt(tokens, prompt), prompt_mask, self_cond, drop,
+                                 with_prompt(clean, prompt_mask[:, :P]), self.likelihood_bias(x_t, t))
+            return logits[:, P:], x0_hat[:, P:]
+
+        sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
+        return hybrid_reverse_diffusion(denoise, sampler, self.net.embedding_table(), cfg, streams,
+                                        (B, gen_len, d_embed), on_step)
 
     def _denoise(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
                  cfg: SamplingConfig) -> Tensor:
@@ -181,7 +251,8 @@ class DimbaLM(LanguageModelBase):
         net = self.generation_fn()
 
         def denoise(x_t, t, self_cond, drop):
-            return net(x_t, t, tokens, mask, self_cond if use_self_cond else None, drop)
+            return net(x_t, t, tokens, mask, self_cond if use_self_cond else None, drop, None,
+                       self.likelihood_bias(x_t, t))
 
         report = None if on_step is None else lambda i, guess: on_step(i, guess[:, prompt_len:])
         out = reverse_diffusion(denoise, sampler, tuple(tokens.shape) + (self.denoiser_config.d_embed,),

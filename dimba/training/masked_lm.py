@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dimba.diffusion.config import PromptConfig
-from dimba.diffusion.masking import choose_reveals, elbo_weights, hidden_after, hide, stratified_times
+from dimba.diffusion.losses import elbo_cross_entropy
+from dimba.diffusion.masking import choose_reveals, hidden_after, hide, stratified_times
 from dimba.diffusion.masks import random_prefix_mask
 from dimba.models.config import MambaConfig, MaskedConfig
 from dimba.models.masked import MaskedDenoiser
@@ -57,10 +58,10 @@ class MaskedLM(LanguageModelBase):
         hidden = hide(generated, t, uniforms)
         logits = self.net(tokens.masked_fill(hidden, self.net.mask_id))
         ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")  # (B, L)
-        per_example = (ce * hidden).sum(1) * elbo_weights(t) / generated.sum(1).clamp(min=1)
         count = hidden.sum().clamp(min=1)
         correct = (logits.argmax(-1) == tokens) & hidden
-        return LossOutput(per_example.mean(), {"ce": (ce * hidden).sum() / count, "acc": correct.sum() / count})
+        return LossOutput(elbo_cross_entropy(logits, tokens, hidden, generated, t),
+                          {"ce": (ce * hidden).sum() / count, "acc": correct.sum() / count})
 
     def loss(self, batch: Tensor) -> LossOutput:
         B, L_ = batch.shape

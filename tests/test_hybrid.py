@@ -1,0 +1,121 @@
+"""Hybrid discrete-continuous corruption (CANDI-style) for DIMBA and the skip-logits output prior: corruption,
+loss, the rank schedule, the committing sampler, and a learning test."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from dimba.diffusion.hybrid import hybrid_reverse_diffusion, likelihood_logits
+from dimba.diffusion.samplers import DDIMSampler
+from dimba.diffusion.schedules import NoiseSchedule
+from dimba.errors import ConfigError
+from dimba.sampling import ExampleStreams, SamplingConfig
+from dimba.training.dimba_lm import DimbaLM
+from tests.helpers import no_trainer, tiny_dimba
+
+HYBRID = dict(corruption="hybrid", schedule="rank", time_warp=False)
+
+
+def test_skip_logits_are_the_exact_gaussian_posterior():
+    """With a flat prior, softmax(likelihood_logits) is Bayes' rule with Gaussian densities (float64), whatever
+    the embeddings' norms."""
+    torch.manual_seed(0)
+    table = torch.randn(7, 5, dtype=torch.float64) * torch.linspace(0.5, 2, 7, dtype=torch.float64)[:, None]
+    abar = torch.tensor([0.3, 0.9], dtype=torch.float64)
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    got = torch.softmax(likelihood_logits(x, table, abar).double(), -1)
+    a, s2 = abar.sqrt()[:, None, None, None], (1 - abar)[:, None, None, None]
+    log_density = -((x[:, :, None, :] - a * table) ** 2).sum(-1) / (2 * s2[..., 0])
+    torch.testing.assert_close(got, torch.softmax(log_density, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_the_rank_schedule_puts_the_true_token_at_the_target_rank():
+    """Equal-norm random embeddings (d 64, 4096 tokens): the true token's measured rank share is t/2."""
+    torch.manual_seed(0)
+    d, V = 64, 4096
+    table = torch.nn.functional.normalize(torch.randn(V, d), dim=-1) * math.sqrt(d)
+    schedule = NoiseSchedule("rank", d_embed=d)
+    for t in (0.1, 0.5, 0.9):
+        abar = schedule.alpha_bar(torch.tensor(t))
+        idx = torch.randint(0, V, (500,))
+        x = abar.sqrt() * table[idx] + (1 - abar).sqrt() * torch.randn(500, d)
+        dist = torch.cdist(x, table)
+        rank = (dist < dist.gather(1, idx[:, None])).float().mean()
+        assert abs(rank.item() - t / 2) < 0.02, (t, rank)
+    assert schedule.alpha_bar(torch.tensor(1.0)) < 1e-6 and schedule.alpha_bar(torch.tensor(0.0)) > 0.999
+
+
+def test_hybrid_corruption_keeps_a_one_minus_t_share_clean_and_weighs_the_loss_by_one_over_t():
+    model = tiny_dimba(diffusion=HYBRID)
+    tokens = torch.randint(0, 40, (2, 16))
+    prompt = torch.zeros(2, 16, dtype=torch.bool)
+    prompt[:, :4] = True
+    t = torch.tensor([0.25, 0.75])
+    uniforms = torch.rand(2, 16)
+    seen = {}
+    forward = model.net.forward
+
+    def spy(*args):
+        seen["clean"] = args[6]
+        seen["logits"], seen["x0_hat"] = forward(*args)
+        return seen["logits"], seen["x0_hat"]
+
+    model.net.forward = spy
+    out = model.denoising_loss(tokens, t, prompt, None, self_cond_prob=0.0, uniforms=uniforms)
+    corrupted = ~prompt & (uniforms < t[:, None])
+    assert torch.equal(seen["clean"], ~corrupted)
+    ce = torch.nn.functional.cross_entropy(seen["logits"].transpose(1, 2), tokens, reduction="none")
+    elbo = torch.stack([(ce[b] * corrupted[b]).sum() / t[b] / 12 for b in range(2)]).mean()  # 12 generated each
+    mse = ((seen["x0_hat"] - model.net.embed(tokens)).pow(2).mean(-1) * corrupted).sum() / corrupted.sum()
+    torch.testing.assert_close(out.total, elbo + mse)  # ce_weight = mse_weight = 1
+    with pytest.raises(ConfigError, match="time_warp must be false"):
+        DimbaLM(diffusion=dict(corruption="hybrid"))
+
+
+def _oracle(target, calls):
+    table = torch.eye(4) * 2
+
+    def denoise(x, t, tokens, clean, self_cond, drop):
+        calls.append({"clean": clean.clone(), "tokens": tokens.clone(), "drop": drop is not None})
+        logits = torch.stack([-(table[target] - v).pow(2).sum(-1) for v in table], dim=-1) * 5
+        return logits, table[target]
+    return denoise, table
+
+
+@pytest.mark.parametrize("reveal", ["random", "confidence"])
+def test_the_hybrid_sampler_reveals_on_schedule_and_ends_on_the_oracle(reveal):
+    target = torch.tensor([[2, 0, 1, 3, 3, 0, 1, 2]])
+    calls, seen = [], []
+    denoise, table = _oracle(target, calls)
+    tokens = hybrid_reverse_diffusion(denoise, DDIMSampler(NoiseSchedule("rank", d_embed=4)), table,
+                                      SamplingConfig(steps=4, x0_temperature=0.05, reveal=reveal),
+                                      ExampleStreams(0, [0]), (1, 8, 4), on_step=lambda i, g: seen.append(g))
+    assert tokens.tolist() == target.tolist()
+    assert [int((g >= 0).sum()) for g in seen] == [2, 4, 6, 8]  # a (t - s)/t share of the hidden ones per step
+    assert [int(c["clean"].sum()) for c in calls] == [0, 2, 4, 6]  # what was revealed is given clean
+    assert all(torch.equal(c["tokens"][c["clean"]], target[c["clean"]]) for c in calls)
+
+
+def test_a_small_hybrid_model_overfits_sentences_and_completes_them():
+    """Learning test: prompted with the first two words, the hybrid model writes the other eight exactly."""
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    sents = ["the cat sat on the mat and looked at the", "a dog ran in the park with a red ball",
+             "my friend reads old books by the window every day", "some birds sing loud songs in the tall green trees"]
+    words = sorted({w for s in sents for w in s.split()})
+    ids = torch.tensor([[words.index(w) for w in s.split()] for s in sents])
+    model = no_trainer(DimbaLM(net=dict(d_model=64, n_layers=2, d_state=16, headdim=16, chunk_size=16, impl="torch"),
+                               denoiser=dict(d_embed=16), diffusion={**HYBRID, "skip_logits": True},
+                               prompt=dict(prompt_prob=0.9, cfg_dropout=0.0), vocab_size=len(words), seq_len=10))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(400):
+        loss = model.training_step(ids.repeat(4, 1), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    out = model.generate([s[:2].tolist() for s in ids], 8,
+                         SamplingConfig(steps=8, x0_temperature=0.01, reveal="confidence", seed=3))
+    assert out == ids[:, 2:].tolist()
