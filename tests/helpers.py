@@ -74,6 +74,19 @@ def assert_clean_failure(result, message):
     assert message in result.stderr, result.stderr[-2000:]
 
 
+def logged_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} from every TensorBoard event file under run_dir."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(run_dir.rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return scalars
+
+
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
@@ -101,13 +114,24 @@ def no_trainer(model):
 
 
 # ------------------------------------------------------------------ callbacks injected into `dimba fit`
-class RecordBatches(L.Callback):
-    """Append each rank's first training batch (token ids) to $DIMBA_TEST_RECORD as JSON lines."""
+class RecordShards(L.Callback):
+    """Each rank writes the training blocks it saw in its first epoch and its time warp at the end of training to
+    $DIMBA_TEST_RECORD.<rank> as JSON."""
+
+    def __init__(self):
+        self.blocks = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            with open(os.environ["DIMBA_TEST_RECORD"], "a") as fh:
-                fh.write(json.dumps({"rank": trainer.global_rank, "batch": batch.tolist()}) + "\n")
+        if trainer.current_epoch == 0:
+            self.blocks += batch.tolist()
+
+    def on_train_end(self, trainer, pl_module):
+        warp = pl_module.warp.state_dict() if getattr(pl_module, "warp", None) is not None else None
+        record = {"blocks": self.blocks, "epoch_batches": len(trainer.train_dataloader),
+                  "warp": None if warp is None else {"t": warp["t"].tolist(), "loss": warp["loss"].tolist(),
+                                                     "count": warp["count"]}}
+        with open(f"{os.environ['DIMBA_TEST_RECORD']}.{trainer.global_rank}", "w") as fh:
+            json.dump(record, fh)
 
 
 skip_without_transformers = pytest.mark.skipif(
@@ -122,3 +146,11 @@ class RecordMetrics(L.Callback):
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
             with open(os.environ["DIMBA_TEST_RECORD"], "w") as fh:
                 json.dump(metrics, fh)
+
+
+class MarkStep(L.Callback):
+    """Create the file $DIMBA_TEST_RECORD once training has finished 2 optimizer steps (tests poll for it)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= 2:
+            Path(os.environ["DIMBA_TEST_RECORD"]).touch()

@@ -65,21 +65,37 @@ def test_every_shipped_config_parses(path, args, capsys):
 
 
 def test_bf16_mixed_on_cpu(workdir):
+    """bf16-mixed training through the CLI: every logged loss finite and no step skipped as non-finite."""
+    import math
+
+    from tests.helpers import logged_scalars
     result = dimba(*fit_args(workdir, "bf16", "--trainer.precision", "bf16-mixed"), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (ckpt_dir(workdir, "bf16") / "last.ckpt").exists()
+    scalars = logged_scalars(workdir / "bf16")
+    losses = [v for _, v in scalars["train/loss"]]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert "train/nonfinite_skipped" not in scalars  # logged only when a step is skipped
 
 
-def test_ddp_on_cpu_ranks_see_different_data(workdir):
-    record = workdir / "ddp_batches.jsonl"
+def test_ddp_on_cpu_ranks_see_disjoint_shards_and_keep_one_warp(workdir):
+    """Two CPU ranks: their first epochs are disjoint halves of the training blocks, and every rank folds in
+    every rank's losses, so the learned time warps are equal (a warp window small enough to be used)."""
+    record = workdir / "ddp_record"
+    steps = 6
     result = dimba(*fit_args(workdir, "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                             "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
-                             "--trainer.callbacks+=tests.helpers.RecordBatches"),
+                             "--trainer.strategy", "ddp", "--trainer.max_steps", steps,
+                             "--model.init_args.diffusion.warp_window", "32",
+                             "--trainer.callbacks+=tests.helpers.RecordShards"),
                    cwd=workdir, env_extra={"DIMBA_TEST_RECORD": str(record)})
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in record.read_text().splitlines()]
-    assert sorted(r["rank"] for r in rows) == [0, 1]
-    assert rows[0]["batch"] != rows[1]["batch"]
+    ranks = [json.loads((workdir / f"ddp_record.{r}").read_text()) for r in (0, 1)]
+    shards = [{tuple(b) for b in r["blocks"]} for r in ranks]
+    assert all(len(s) >= 4 * min(steps, r["epoch_batches"]) for s, r in zip(shards, ranks, strict=True))
+    assert not shards[0] & shards[1]
+    warps = [r["warp"] for r in ranks]
+    assert warps[0]["count"] == 2 * 4 * steps and warps[0]["count"] >= 16  # both ranks' pairs, past half a window
+    assert warps[0] == warps[1]
     assert sorted(p.name for p in ckpt_dir(workdir, "ddp").iterdir()) == ["last.ckpt"]
 
 

@@ -1,6 +1,7 @@
 """Generation through torch.compile (`compile_generation`, `dimba bench --compile`) gives what eager gives,
-and really runs compiled graphs."""
+and really runs compiled graphs. Slow (compilation takes tens of seconds on a CPU): `make test-slow`."""
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -12,6 +13,7 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.slow
 def test_compiled_ar_decoding_matches_eager():
     model = tiny_ar().eval()
     prompts = [[1, 2, 3], [4]]  # different lengths: batched states from separate prefills
@@ -23,6 +25,7 @@ def test_compiled_ar_decoding_matches_eager():
     assert compiled_graphs() > before
 
 
+@pytest.mark.slow
 def test_compiled_dimba_sampling_matches_eager():
     model = tiny_dimba().eval()
     for block in model.net.blocks:  # adaLN-Zero blocks are the identity at init; make them do something

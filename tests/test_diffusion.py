@@ -270,3 +270,35 @@ def test_sampling_noise_does_not_replay_the_initialisation_stream():
     draw = lambda seed, stream="sampling": torch.randn(8, generator=sampling_generator(seed, stream=stream))
     assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
     assert not torch.equal(draw(0), draw(0, "validation"))
+
+
+def test_ddim_with_eta_between_zero_and_one_has_the_papers_variance():
+    """Song et al. 2021, eq. 16: sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t / abar_prev),
+    and the rest of the variance (1 - abar_prev - sigma^2) goes to the predicted noise."""
+    sched = NoiseSchedule("cosine")
+    sampler = DDIMSampler(sched, eta=0.5)
+    x_t, x0 = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    z = torch.randn(2, 3, 4, dtype=torch.float64)
+    t, s = 0.6, 0.45
+    a_t, a_s = (sched.alpha_bar(torch.tensor(v, dtype=torch.float64)) for v in (t, s))
+    sigma = 0.5 * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+    eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    expected = a_s.sqrt() * x0 + (1 - a_s - sigma**2).sqrt() * eps + sigma * z
+    torch.testing.assert_close(sampler.step(x_t, x0, t, s, z), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="needs noise"):
+        sampler.step(x_t, x0, t, s)
+
+
+def test_self_conditioning_off_feeds_nothing_back_and_clamping_snaps_to_embeddings():
+    sampler = DDIMSampler(NoiseSchedule())
+    between = (TABLE[0] * 0.6 + TABLE[1] * 0.4).expand(1, 3, 4)  # nearest to token 0's embedding
+    calls = []
+    reverse_diffusion(_toy_denoise(between, between, calls), sampler, (1, 3, 4), TABLE,
+                      SamplingConfig(steps=4, self_condition=False), ExampleStreams(0, [0]))
+    assert all(c["self_cond"] is None for c in calls)
+    calls = []
+    reverse_diffusion(_toy_denoise(between, between, calls), sampler, (1, 3, 4), TABLE,
+                      SamplingConfig(steps=4, clamp_from=0.5), ExampleStreams(0, [0]))
+    fed = [c["self_cond"] for c in calls]
+    torch.testing.assert_close(fed[1], between)  # after step 0 of 4: not clamped yet
+    torch.testing.assert_close(fed[3], TABLE[0].expand(1, 3, 4))  # after step 2 >= 0.5 * 4: snapped

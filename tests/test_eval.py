@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.helpers import dimba
 
 
@@ -47,6 +49,7 @@ def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     assert data["compiled"] is False and "generation eager" in (out / "bench.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_compiled(trained, trained_ar, workdir):
     out = workdir / "bench_compiled"
     result = dimba("bench", "--quick", "--compile", "--batches", 1, "--threads", 1, "--ckpt_path", trained,

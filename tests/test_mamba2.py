@@ -10,6 +10,7 @@ import torch
 import dimba
 from dimba.models.bidirectional import BidirectionalMamba2
 from dimba.models.mamba2 import Mamba2
+from tests.helpers import skip_without_transformers
 from tests.mamba2_reference import reference_mamba2
 
 CONFIGS = {
@@ -98,16 +99,49 @@ def test_step_from_empty_state_equals_forward():
     torch.testing.assert_close(torch.stack(ys, 1), m(u), rtol=1e-9, atol=1e-10)
 
 
-def test_bf16_autocast_keeps_scan_in_fp32_and_close():
+def test_bf16_autocast_keeps_scan_in_fp32_and_close(monkeypatch):
+    """Under bf16 autocast every tensor the SSD scan receives is fp32 (checked at the call, not by a tolerance
+    wider than the difference a bf16 scan would make), and the output stays close to the fp32 one."""
+    import dimba.models.mamba2 as mamba2
+
     m = make(CONFIGS["base"], dtype=torch.float32)
     u = torch.randn(2, 64, m.d_model)
     ref = m(u)
+    seen = []
+    scan = mamba2.ssd_chunked_scan
+
+    def spy(*args, **kwargs):
+        seen.append({t.dtype for t in args if torch.is_tensor(t)})
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(mamba2, "ssd_chunked_scan", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(u)
-    assert out.dtype == torch.bfloat16
-    assert torch.isfinite(out).all()
+    assert seen == [{torch.float32}]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < 3e-2, rel
+
+
+@skip_without_transformers
+@pytest.mark.parametrize("name,length", [("base", 13), ("base", 1), ("ngroups2", 29)])
+def test_matches_the_transformers_mamba2_mixer_on_the_same_weights(name, length):
+    """An outside implementation of the same function: transformers' plain-PyTorch Mamba2Mixer, loaded with our
+    state dict (the same parameter names), forward and input gradient."""
+    from dimba.eval.bench_mamba2 import transformers_mixer
+
+    config = {k: v for k, v in CONFIGS[name].items() if k != "chunk_size"}
+    m = make({**config, "chunk_size": 4}, dtype=torch.float32)
+    theirs = transformers_mixer(m)
+    u = torch.randn(2, length, m.d_model, requires_grad=True)
+    ours_out = m(u)
+    ours_out.sum().backward()
+    grad = u.grad.clone()
+    u.grad = None
+    theirs_out = theirs(u)
+    theirs_out.sum().backward()
+    torch.testing.assert_close(ours_out, theirs_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, u.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_state_dict_layout_matches_mamba_ssm_spec():

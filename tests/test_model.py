@@ -43,6 +43,9 @@ def test_blocks_start_as_identity():
 
 def test_no_gradient_from_target_through_the_prompt_encoder():
     net = tiny_net()
+    # adaLN-Zero blocks are the identity at init, so nothing would reach the output: make them do something.
+    for b in net.blocks:
+        torch.nn.init.normal_(b.modulation.weight, std=0.1)
     tokens = torch.randint(0, 40, (2, 8))
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, :3] = True
@@ -50,12 +53,15 @@ def test_no_gradient_from_target_through_the_prompt_encoder():
     net.prompt_encoder(clean, mask).sum().backward()
     assert clean.grad[:, :3].abs().sum() > 0
     assert clean.grad[:, 3:].abs().sum() == 0  # target positions never reach C
-    # And through the whole network: changing a target token (not its noised input) changes nothing.
+    # And through the whole network: changing a target token (not its noised input) changes nothing, while
+    # changing a prompt token does.
     x = torch.randn(2, 8, 8, dtype=torch.float64)
     t = torch.full((2,), 0.4, dtype=torch.float64)
     other = tokens.clone()
     other[:, 5] = (tokens[:, 5] + 1) % 40
     torch.testing.assert_close(net(x, t, tokens, mask)[0], net(x, t, other, mask)[0])
+    other[:, 1] = (tokens[:, 1] + 1) % 40
+    assert not torch.allclose(net(x, t, tokens, mask)[0], net(x, t, other, mask)[0])
 
 
 def test_dropped_prompt_hides_the_prompt():

@@ -110,16 +110,16 @@ def test_bf16_checkpoint_loads_and_samples_on_cpu(trained, tmp_path):
 
 
 def signal_running_fit(workdir, name, sig):
-    """Start `dimba fit` (endless), send `sig` a few steps into training; return (returncode, stderr)."""
-    args = fit_args(workdir, name, "--trainer.max_steps", "100000", "--trainer.val_check_interval", "1000")
-    env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
+    """Start `dimba fit` (endless), send `sig` once it has trained 2 steps; return (returncode, stderr)."""
+    mark = workdir / f"{name}.step"
+    args = fit_args(workdir, name, "--trainer.max_steps", "100000", "--trainer.val_check_interval", "1000",
+                    "--trainer.callbacks+=tests.helpers.MarkStep")
+    env = dict(__import__("os").environ, PYTHONPATH=str(REPO), DIMBA_TEST_RECORD=str(mark))
     proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args)], cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log_dir = workdir / name / "base"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(log_dir.glob("events.out.tfevents*")):
-        time.sleep(0.5)
-    time.sleep(3)  # a few training steps
+    while time.time() < deadline and not mark.exists() and proc.poll() is None:
+        time.sleep(0.05)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     return proc.returncode, stderr
@@ -209,47 +209,80 @@ model:
   init_args:
     optim:
       lr_decay_steps: 100
+    diffusion:
+      warp_window: 64
 """
 
 
 def logged_losses(run_dir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    losses = {}
-    for f in sorted(run_dir.rglob("events.out.tfevents*")):
-        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
-        acc.Reload()
-        losses.update({e.step: e.value for e in acc.Scalars("train/loss")})
-    return losses
+    from tests.helpers import logged_scalars
+    return dict(logged_scalars(run_dir)["train/loss"])
+
+
+def assert_same_tensors(a, b, where=""):
+    """Nested dicts / lists of tensors and numbers, equal bit for bit."""
+    if torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 def test_a_run_killed_with_sigkill_resumes_exactly(workdir, tmp_path):
-    """Uninterrupted vs killed (SIGKILL) and resumed: every loss after the resume point is bitwise equal, so
-    data order and position, RNG streams, EMA, optimizer and LR schedule all continued where they were."""
+    """Uninterrupted vs killed (SIGKILL) and resumed, on a corpus of a few batches per epoch and a time-warp
+    window the run fills: the final checkpoints are equal tensor by tensor (EMA and raw weights, optimizer
+    moments, LR schedule, learned warp, data position) and so is every loss logged after the resume."""
+    from tests.corpus import write_text_corpus
     from tests.helpers import dimba
-    total = 40  # several epochs of the test corpus' training blocks: crosses epoch boundaries
+
+    corpus = write_text_corpus(tmp_path / "small_corpus", n_docs=4, sentences=12)
+    total = 40
     for name, steps in (("straight", total), ("killed", 100_000)):
         (tmp_path / f"{name}.yaml").write_text(RESUME_CONFIG.format(max_steps=steps))
-    straight = dimba(*fit_args(workdir, "straight", "--config", tmp_path / "straight.yaml"), cwd=workdir)
+
+    def args(name, config, *extra):
+        a = fit_args(tmp_path, name, "--config", tmp_path / config, *extra)
+        a[a.index("--data.source") + 1] = corpus
+        return a
+
+    straight = dimba(*args("straight", "straight.yaml"), cwd=workdir)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     env = dict(__import__("os").environ, PYTHONPATH=str(REPO))
-    args = fit_args(workdir, "killed", "--config", tmp_path / "killed.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args)], cwd=workdir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = ckpt_dir(workdir, "killed") / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "dimba", *map(str, args("killed", "killed.yaml"))], cwd=workdir,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = ckpt_dir(tmp_path, "killed") / "last.ckpt"
     deadline = time.time() + 120
     while time.time() < deadline and not ckpt.exists():
         time.sleep(0.05)
     proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
     proc.wait()
-    resumed_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    killed = torch.load(ckpt, map_location="cpu", weights_only=True)
+    resumed_at = killed["global_step"]
     assert 0 < resumed_at < total
-    resumed = dimba(*fit_args(workdir, "resumed", "--config", tmp_path / "straight.yaml", "--ckpt_path", ckpt),
-                    cwd=workdir)
+    resumed = dimba(*args("resumed", "straight.yaml", "--ckpt_path", ckpt), cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    expected = logged_losses(workdir / "straight")
-    got = logged_losses(workdir / "resumed")
+    a = torch.load(ckpt_dir(tmp_path, "straight") / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(ckpt_dir(tmp_path, "resumed") / "last.ckpt", map_location="cpu", weights_only=True)
+    # What the claims rest on: the run crossed epochs after the resume point, the warp was in use, and the
+    # EMA average is not the raw weights.
+    assert a["epoch"] > killed["epoch"] + 1 and a["global_step"] == total
+    assert a["time_warp"]["count"] >= a["time_warp"]["window"] // 2
+    assert any(not torch.equal(a["state_dict"][k], a["current_model_state"][k]) for k in a["state_dict"])
+    for key in ("state_dict", "current_model_state", "optimizer_states", "lr_schedulers", "time_warp", "epoch",
+                "global_step", "TextDataModule", "rng_state"):
+        assert_same_tensors(a[key], b[key], key)
+
+    expected = logged_losses(tmp_path / "straight")
+    got = logged_losses(tmp_path / "resumed")
     after = sorted(s for s in expected if s >= resumed_at)
     assert after and sorted(got) == after
     assert [got[s] for s in after] == [expected[s] for s in after]  # bitwise: TensorBoard stores float32

@@ -18,6 +18,7 @@ class DiffusionConfig(Config):
     schedule: str = "cosine"  # "cosine" (the paper, s = 0.008), "sqrt" (Diffusion-LM), "linear" or "rank" (CANDI)
     log_snr_shift: float = 0.0  # added to log-SNR at every t: -2 ln k = k times more noise
     time_warp: bool = True  # learn where to train and sample t from the loss curve (CDCD)
+    warp_window: int = 8192  # the warp fits the most recent (t, CE) pairs, this many; used after half of them
     mse_weight: float = 1.0  # weight of ||x0_hat - x0||^2
     ce_weight: float = 1.0  # weight of the rounding cross-entropy on the tied projection
     self_cond_prob: float = 0.5  # share of batches trained with self-conditioning (if the network has it)
@@ -31,6 +32,7 @@ class DiffusionConfig(Config):
               "the loss by the ELBO's 1/t")
         check(self.mse_weight >= 0 and self.ce_weight >= 0 and self.mse_weight + self.ce_weight > 0,
               f"diffusion.mse_weight and ce_weight must be >= 0, not both 0; got {self.mse_weight}, {self.ce_weight}")
+        check(self.warp_window >= 2, f"diffusion.warp_window must be >= 2, got {self.warp_window}")
         check(0 <= self.self_cond_prob <= 1, f"diffusion.self_cond_prob must be in [0, 1], got {self.self_cond_prob}")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -28,14 +29,16 @@ class EMA(WeightAveraging):
 
     def __init__(self, decay: float = 0.999, warmup: bool = True):
         self.decay, self.warmup = decay, warmup
+        super().__init__(multi_avg_fn=partial(ema_update, decay=decay, warmup=warmup), use_buffers=True)
 
-        @torch.no_grad()
-        def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor):
-            k = float(num_averaged)
-            d = min(decay, (1 + k) / (10 + k)) if warmup else decay
-            torch._foreach_lerp_(averaged, current, 1 - d)
 
-        super().__init__(multi_avg_fn=ema_update, use_buffers=True)
+@torch.no_grad()
+def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor,
+               decay: float, warmup: bool = True) -> None:
+    """averaged <- d averaged + (1 - d) current, in place, with d = min(decay, (1 + k) / (10 + k)) at update k."""
+    k = float(num_averaged)
+    d = min(decay, (1 + k) / (10 + k)) if warmup else decay
+    torch._foreach_lerp_(averaged, current, 1 - d)
 
 
 class SampleLogger(L.Callback):

@@ -67,7 +67,7 @@ class DimbaLM(LanguageModelBase):
         self.hybrid = self.diffusion_config.corruption == "hybrid"
         self.schedule = NoiseSchedule(self.diffusion_config.schedule, log_snr_shift=self.diffusion_config.log_snr_shift,
                                       d_embed=self.denoiser_config.d_embed)
-        self.warp = TimeWarp() if self.diffusion_config.time_warp else None
+        self.warp = TimeWarp(window=self.diffusion_config.warp_window) if self.diffusion_config.time_warp else None
         self.eval_metrics = FixedTimeMetrics()
 
     # ------------------------------------------------------------------ training
