@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dimba.models.ar import ARLanguageModel, stack_states
+from dimba.models.ar import ARLanguageModel
 from dimba.models.config import MambaConfig
 from dimba.sampling import SamplingConfig
 from tests.helpers import TINY_NET, tiny_ar
@@ -24,15 +24,19 @@ def test_step_decoding_equals_full_forward_logits():
         torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9)
 
 
-def test_batched_states_of_different_prompt_lengths():
-    net = tiny()
-    prompts = [torch.randint(0, 50, (1, n)) for n in (2, 7)]
-    states = stack_states([net.prefill(p)[1] for p in prompts])
-    nxt = torch.tensor([3, 4])
-    batched, _ = net.step(nxt, states)
-    for i, p in enumerate(prompts):
-        alone = net(torch.cat([p, nxt[i].view(1, 1)], dim=1))[0, -1]
-        torch.testing.assert_close(batched[i], alone, rtol=1e-9, atol=1e-9)
+def test_teacher_forced_fill_equals_the_full_forward():
+    """fill with given positions after a gap: the gap is drawn from the left context only (greedy: the full
+    forward's argmax there), and given positions are fed as they are."""
+    model = tiny_ar().eval()
+    tokens = torch.randint(0, 50, (2, 10))
+    given = torch.ones(2, 10, dtype=torch.bool)
+    given[:, 3:6] = False  # a gap in the middle
+    filled = torch.tensor(model.fill(tokens.tolist(), given.tolist(), SamplingConfig(temperature=0)))
+    assert torch.equal(filled[given], tokens[given])
+    eos = torch.zeros(2, 1, dtype=torch.long)  # the tiny model has no tokenizer: EOS is id 0
+    logits = model.net(torch.cat([eos, filled], 1))
+    for pos in range(3, 6):
+        assert torch.equal(filled[:, pos], logits[:, pos].argmax(-1))
 
 
 def test_generate_and_score():

@@ -12,7 +12,7 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     result = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--ar_ckpt_path", trained_ar,
                    "--source", workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
                    "--steps", "2,4", "--samplers", "ddim,ddpm", "--guidance", "2", "--x0_temperatures", "0.5",
-                   "--at_steps", 2, "--batch_size", 2, "--out_dir", out, cwd=workdir)
+                   "--at_steps", 2, "--batch_size", 2, "--sensitivity", "--diagnose", "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in data["rows"]]
@@ -24,6 +24,14 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     assert len(real) == 3 and all(s["prompt"] and s["completion"] for s in real)
     assert all(r["gen_ppl"] > 1 and 0 <= r["distinct_1"] <= 1 for r in data["rows"])
     assert set(data["parameters"]) == {"dimba", "judge", "ar"}
+    sensitivity = {r["label"]: r for r in data["prompt_sensitivity"]}
+    assert set(sensitivity) == {"DIMBA ddim 2 steps", "AR, temperature 1"}
+    for r in sensitivity.values():
+        assert 0 <= r["agreement_same_noise"] <= 1 and 0 <= r["agreement_real_text"] <= 1
+        assert r["judge_nats_first_4_own_prompt"] > 0 and r["judge_nats_first_4_other_prompt"] > 0
+    ranks = data["noise_rank"]
+    assert [r["t"] for r in ranks][:2] == [0.05, 0.1] and ranks[-1]["true_token_rank_share"] > 0.3
+    assert ranks[0]["nearest_is_true"] > ranks[-1]["nearest_is_true"]  # more noise, less identity
     for name in ("results.md", "quality_vs_steps.png", "quality_vs_entropy.png", "quality_vs_latency.png"):
         assert (out / name).stat().st_size > 0
     assert list(out.glob("events.out.tfevents*"))

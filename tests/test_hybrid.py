@@ -91,7 +91,8 @@ def test_the_hybrid_sampler_reveals_on_schedule_and_ends_on_the_oracle(reveal):
     denoise, table = _oracle(target, calls)
     tokens = hybrid_reverse_diffusion(denoise, DDIMSampler(NoiseSchedule("rank", d_embed=4)), table,
                                       SamplingConfig(steps=4, x0_temperature=0.05, reveal=reveal),
-                                      ExampleStreams(0, [0]), (1, 8, 4), on_step=lambda i, g: seen.append(g))
+                                      ExampleStreams(0, [0]), torch.zeros(1, 8, dtype=torch.long),
+                                      torch.zeros(1, 8, dtype=torch.bool), on_step=lambda i, g: seen.append(g))
     assert tokens.tolist() == target.tolist()
     assert [int((g >= 0).sum()) for g in seen] == [2, 4, 6, 8]  # a (t - s)/t share of the hidden ones per step
     assert [int(c["clean"].sum()) for c in calls] == [0, 2, 4, 6]  # what was revealed is given clean

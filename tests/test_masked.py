@@ -42,7 +42,7 @@ def test_training_times_and_hiding_follow_the_schedule():
 
 
 def test_reveal_counts_and_order():
-    assert [hidden_after(10, s) for s in (1.0, 0.75, 0.5, 0.0)] == [10, 8, 5, 0]
+    assert [int(hidden_after(torch.tensor(10), s)) for s in (1.0, 0.75, 0.5, 0.0)] == [10, 8, 5, 0]
     hidden = torch.tensor([[True, True, False, True, True]])
     confidence = torch.tensor([[0.1, 0.9, 0.99, 0.5, 0.2]])
     chosen = choose_reveals(hidden, torch.tensor([2]), confidence, ExampleStreams(0, [0]))

@@ -138,3 +138,46 @@ def test_non_utf8_prompts_are_read_with_a_warning(trained, tmp_path):
     result = predict(trained, "--prompts", prompts, "--length", "4", "--steps", "2")
     assert result.returncode == 0, result.stderr
     assert "not valid UTF-8" in result.stderr and result.stdout.startswith("caf\ufffd king")
+
+
+def test_infill_templates_parse_escape_and_refuse_bad_ones():
+    from dimba.data.infill import parse_template
+    from dimba.errors import DimbaError
+
+    t = parse_template("The king {{8}} the queen.{{ 2 }} a \\{{literal}}")
+    assert t.pieces == ["The king ", " the queen.", " a {{literal}}"] and t.gaps == [8, 2]
+    ids, given = t.encode(lambda s: [ord(c) for c in s])
+    assert len(ids) == len("The king ") + 8 + len(" the queen.") + 2 + len(" a {{literal}}")
+    assert given.count(False) == 10
+    assert t.fills(ids, given, lambda span: str(len(span))) == ["8", "2"]
+    for bad, message in (("no gap here", "no gap"), ("open {{3 forever", "unclosed placeholder"),
+                         ("{{x}} gap", "must be a number"), ("{{0}}", "at least 1 token")):
+        with pytest.raises(DimbaError, match=message):
+            parse_template(bad)
+
+
+def test_predict_infill_fills_every_gap_and_keeps_the_template(trained, trained_ar, tmp_path):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("The king {{3}} the queen.\n{{2}} lord {{4}}\n")
+    for ckpt, steps in ((trained, ["--steps", 3]), (trained_ar, [])):
+        out = tmp_path / f"infill_{ckpt.parents[2].name}.jsonl"
+        result = predict(ckpt, "--prompts", templates, "--infill", "--output", out, *steps)
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows = jsonl(out)
+        assert [r["prompt"] for r in rows] == ["The king {{3}} the queen.", "{{2}} lord {{4}}"]
+        assert [len(r["fills"]) for r in rows] == [2 - 1, 2]
+        assert rows[0]["text"].startswith("The king ") and rows[0]["text"].endswith(" the queen.")
+        assert rows[0]["text"] == "The king " + rows[0]["fills"][0] + " the queen."
+    printed = predict(trained, "--prompt", "The king {{3}} the queen.", "--infill", "--steps", 2)
+    assert printed.returncode == 0 and printed.stdout.startswith("The king ")
+
+
+@pytest.mark.parametrize("template,message", [("no gap", "prompt 1: the template has no gap"),
+                                              ("a {{5 b", "prompt 1: unclosed placeholder"),
+                                              ("a {{500}} b", "more than the model's context")])
+def test_bad_infill_templates_end_in_one_line(trained, template, message):
+    assert_clean_failure(predict(trained, "--prompt", template, "--infill"), message)
+
+
+def test_length_does_not_go_with_infill(trained):
+    assert_clean_failure(predict(trained, "--prompt", "a {{2}}", "--infill", "--length", 3), "does not apply")

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from dimba.errors import ConfigError, DimbaError
+from dimba.eval.diagnostics import noise_rank
 from dimba.eval.quality import QualityEval, held_out_prompts, markdown, supported
 from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig
 from dimba.training.checkpoint import load_for_inference
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the guidance / temperature / self-cond ablation rows")
     p.add_argument("--sensitivity", action="store_true",
                    help="also measure whether completions follow their prompt or their noise (at --at_steps)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also measure, at each noise level, the true token's rank under the noise and the model's "
+                        "accuracy there (models that noise embeddings)")
     p.add_argument("--samples", type=int, default=3, help="decoded completions kept per row in results.json")
     p.add_argument("--ar_top_p", type=float, default=0.9)
     p.add_argument("--batch_size", type=int, default=16)
@@ -119,6 +123,11 @@ def evaluate(args) -> dict:
               "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
               | {"judge": judge.num_parameters()},
               "rows": rows}
+    if args.diagnose:
+        if model.kind != "dimba":
+            raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
+        tokens = torch.tensor([p + r for p, r in zip(prompts, refs, strict=True)], device=model.device)
+        result["noise_rank"] = noise_rank(model, tokens)
     if args.sensitivity:
         def sensitivity_config(m):
             wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
@@ -141,6 +150,10 @@ def write_outputs(result: dict, out: Path) -> None:
         table += "\nPrompt sensitivity\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
         table += "".join("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
                          + " |\n" for r in result["prompt_sensitivity"])
+    if result.get("noise_rank"):
+        keys = list(result["noise_rank"][0])
+        table += "\nNoise level diagnostics\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+        table += "".join("| " + " | ".join(f"{r[k]:.3g}" for k in keys) + " |\n" for r in result["noise_rank"])
     (out / "results.md").write_text(table)
     writer = SummaryWriter(str(out))
     writer.add_text("results", table)

@@ -5,6 +5,12 @@ Sampling options are flags, independent of how the model was trained; a model re
 honour (the AR baseline has no denoising steps, for one). With --output, one JSON object per prompt (prompt,
 completion, steps, seconds) is appended and flushed as it goes; re-running with the same output skips the
 prompts already written (--overwrite starts afresh).
+
+--infill: each prompt is a template with gaps `{{N}}` (N tokens to write; a literal `{{` is `\\{{`), e.g.
+    dimba predict --ckpt_path CKPT --infill --prompt "The king {{8}} the queen."
+A diffusion model fills every gap knowing the text on both sides; the AR baseline sees only what is left of
+a gap (an AR model trained with fill-in-the-middle, `fim_rate`, sees the text up to the next gap too). JSON
+rows then hold the template, the filled text and each gap's text.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dimba.data.infill import parse_template
 from dimba.errors import ConfigError, DimbaError
 from dimba.sampling import add_sampling_arguments, sampling_config_from_args
 from dimba.training.checkpoint import load_for_inference
@@ -38,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--show_steps", action="store_true", help="print the decoded text after every step")
+    p.add_argument("--infill", action="store_true", help="prompts are templates with gaps {{N}} to fill")
     add_sampling_arguments(p)
     return p
 
@@ -130,44 +138,77 @@ def write_row(handle, output: Path, row: dict) -> None:
         raise DimbaError(f"cannot write to {output}: {err.strerror or err}") from None
 
 
+def encode_inputs(args, tok, prompts: list[str], context: int) -> tuple[list[list[int]], list[list[bool]], list]:
+    """(token ids, given masks, templates or None) of every prompt: a prompt followed by --length new tokens
+    (default: the rest of the context), or an infilling template."""
+    sequences, given, templates = [], [], []
+    for i, text in enumerate(prompts):
+        if args.infill:
+            try:
+                template = parse_template(text)
+            except DimbaError as err:
+                raise DimbaError(f"prompt {i + 1}: {err}") from None
+            ids, mask = template.encode(tok.encode)
+            what = f"prompt {i + 1} (template)"
+        else:
+            template, prompt = None, tok.encode(text)
+            length = args.length or context - len(prompt)
+            ids, mask = prompt + [0] * max(length, 0), [True] * len(prompt) + [False] * max(length, 0)
+            what = f"prompt {i + 1}"
+            if length < 1 or len(ids) > context:
+                extra = f" + --length {args.length}" if args.length else ""
+                raise DimbaError(f"{what} is {len(prompt)} tokens{extra}, more than the model's context of "
+                                 f"{context} tokens")
+        if len(ids) > context:
+            raise DimbaError(f"{what} is {len(ids)} tokens with its gaps, more than the model's context of "
+                             f"{context} tokens")
+        sequences.append(ids)
+        given.append(mask)
+        templates.append(template)
+    return sequences, given, templates
+
+
 def run(args) -> None:
     if args.length is not None and args.length < 1:
         raise ConfigError(f"--length must be >= 1, got {args.length}")
+    if args.infill and args.length is not None:
+        raise ConfigError("--length does not apply to --infill: each gap {{N}} says how many tokens to write")
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
     cfg = sampling_config_from_args(args)
     prompts = read_prompts(args)
     model = load_for_inference(args.ckpt_path, args.device)
     model.check_sampling(cfg)
-    tok, context = model.tokenizer, model.seq_len
-    encoded = [tok.encode(p) for p in prompts]
-    for i, ids in enumerate(encoded):
-        need = len(ids) + (args.length or 1)
-        if need > context:
-            extra = f" + --length {args.length}" if args.length else ""
-            raise DimbaError(f"prompt {i + 1} is {len(ids)} tokens{extra}, more than the model's context of "
-                             f"{context} tokens")
+    tok = model.tokenizer
+    sequences, given, templates = encode_inputs(args, tok, prompts, model.seq_len)
     handle, start = open_output(args, prompts)
     try:
         bar = tqdm(total=len(prompts) - start, desc="prompts", disable=len(prompts) - start <= 1, file=sys.stderr)
         for lo in range(start, len(prompts), args.batch_size):
             idx = list(range(lo, min(lo + args.batch_size, len(prompts))))
-            batch = [encoded[i] for i in idx]
-            length = args.length or context - max(len(b) for b in batch)
             show = None
             if args.show_steps:
-                show = lambda step, guess: print(f"[step {step + 1}] {decode_partial(tok, guess[0].tolist())!r}",
-                                                 file=sys.stderr)
+                def show(step, rows, guess):
+                    if rows[0] == 0:  # the batch's first example
+                        print(f"[step {step + 1}] {decode_partial(tok, guess[0].tolist())!r}", file=sys.stderr)
             began = time.perf_counter()
-            completions = model.generate(batch, length, cfg, on_step=show, example_ids=idx)
+            filled = model.fill([sequences[i] for i in idx], [given[i] for i in idx], cfg, on_step=show,
+                                example_ids=idx)
             seconds = (time.perf_counter() - began) / len(idx)
-            for i, ids in zip(idx, completions, strict=True):
-                completion = tok.decode(ids, stop_at_eos=True)
-                if handle is None:
-                    print(prompts[i] + completion)
+            for i, ids in zip(idx, filled, strict=True):
+                if templates[i] is not None:
+                    fills = templates[i].fills(ids, given[i], tok.decode)
+                    text = "".join(piece + (fills[k] if k < len(fills) else "")
+                                   for k, piece in enumerate(templates[i].pieces))
+                    row = {"prompt": prompts[i], "text": text, "fills": fills}
                 else:
-                    write_row(handle, args.output, {"prompt": prompts[i], "completion": completion,
-                                                    "steps": cfg.steps, "seconds": round(seconds, 4)})
+                    completion = tok.decode([t for t, k in zip(ids, given[i], strict=True) if not k],
+                                            stop_at_eos=True)
+                    text, row = prompts[i] + completion, {"prompt": prompts[i], "completion": completion}
+                if handle is None:
+                    print(text)
+                else:
+                    write_row(handle, args.output, {**row, "steps": cfg.steps, "seconds": round(seconds, 4)})
             bar.update(len(idx))
         bar.close()
     finally:

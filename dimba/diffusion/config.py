@@ -36,15 +36,30 @@ class DiffusionConfig(Config):
         check(0 <= self.self_cond_prob <= 1, f"diffusion.self_cond_prob must be in [0, 1], got {self.self_cond_prob}")
 
 
+PROMPT_KINDS = ("prefix", "suffix", "spans", "scattered")
+
+
 @dataclass
 class PromptConfig(Config):
-    """Which tokens of a training sequence are given clean, as the prompt the model conditions on."""
+    """Which tokens of a training sequence are given clean, as the prompt the model conditions on: a prefix
+    (prompting), or, for infilling, a suffix, a few random spans or scattered single tokens."""
 
-    prompt_prob: float = 0.5  # share of examples with a clean prefix (the rest: no prompt at all)
-    max_prompt_frac: float = 0.5  # a prefix is 1 .. max_prompt_frac * seq_len tokens long
+    prompt_prob: float = 0.5  # share of examples with clean tokens (the rest: none, unconditional generation)
+    max_prompt_frac: float = 0.5  # clean tokens are 1 .. max_prompt_frac * seq_len of the sequence
     cfg_dropout: float = 0.1  # share of examples whose prompt is hidden (for classifier-free guidance)
+    prefix: float = 1.0  # relative weight of a clean prefix among examples with clean tokens
+    suffix: float = 0.0  # ... of a clean suffix
+    spans: float = 0.0  # ... of 1 to 3 clean spans at random places
+    scattered: float = 0.0  # ... of clean single tokens at random places
 
     def __post_init__(self):
         for name in ("prompt_prob", "max_prompt_frac", "cfg_dropout"):
             value = getattr(self, name)
             check(0 <= value <= 1, f"prompt.{name} must be in [0, 1], got {value}")
+        weights = [getattr(self, kind) for kind in PROMPT_KINDS]
+        check(min(weights) >= 0 and sum(weights) > 0,
+              f"prompt.{'/'.join(PROMPT_KINDS)} are relative weights: >= 0, not all 0; got {weights}")
+
+    @property
+    def prefix_only(self) -> bool:
+        return all(getattr(self, kind) == 0 for kind in PROMPT_KINDS[1:])

@@ -24,8 +24,8 @@ from dimba.diffusion.masking import choose_reveals, hidden_after
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.sampling import ExampleStreams, SamplingConfig, draw_from, nucleus
 
-# denoise(x_t (B, G, d), t (B,), tokens (B, G), clean (B, G), self_cond, drop_prompt) -> (logits, x0_hat) over
-# the generated positions, the prompt already bound.
+# denoise(x_t (B, L, d), t (B,), tokens (B, L), clean (B, L), self_cond, drop_prompt) -> (logits, x0_hat), with the
+# given positions bound (they feed the prompt encoder); `clean` marks them and the tokens revealed so far.
 HybridDenoise = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None], tuple[Tensor, Tensor]]
 
 
@@ -44,17 +44,18 @@ def likelihood_logits(x_t: Tensor, table: Tensor, abar: Tensor) -> Tensor:
 
 @torch.no_grad()
 def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table: Tensor, cfg: SamplingConfig,
-                             streams: ExampleStreams, shape: tuple[int, int, int],
+                             streams: ExampleStreams, tokens: Tensor, given: Tensor,
                              on_step: Callable[[int, Tensor], None] | None = None) -> Tensor:
-    """Generate (B, G) tokens in cfg.steps network calls (twice that with guidance).
+    """Fill the positions of tokens (B, L) that are not given (B, L), in cfg.steps network calls (twice that
+    with guidance); returns (B, L).
 
     Revealed tokens are drawn from softmax(logits / x0_temperature) with top_p; cfg.reveal picks random
-    positions or the most probable first. on_step(i, tokens) gets the revealed tokens, -1 where still hidden.
+    positions or the most probable first. on_step(i, tokens) gets the tokens so far, -1 where still hidden.
     """
-    batch, length, d_embed = shape
-    x = streams.randn(length, d_embed)
-    tokens = torch.zeros(batch, length, dtype=torch.long, device=x.device)
-    hidden = torch.ones(batch, length, dtype=torch.bool, device=x.device)
+    batch, length = tokens.shape
+    x = streams.randn(length, table.shape[1])
+    hidden = ~given
+    n_hidden = hidden.sum(1)  # (B,): each example reveals its own share per step
     times = sampler.timesteps(cfg.steps)
     drop_all = torch.ones(batch, dtype=torch.bool, device=x.device)
     self_cond = None
@@ -69,13 +70,13 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
         probs = torch.softmax(logits / cfg.x0_temperature, dim=-1)
         if cfg.x0_temperature != 1.0:
             x0_hat = probs @ table
-        count = (hidden.sum(1) - hidden_after(length, s)).clamp(min=0)
+        count = (hidden.sum(1) - hidden_after(n_hidden, s)).clamp(min=0)
         draws = draw_from(nucleus(probs, cfg.top_p), streams)
         confidence = probs.amax(-1) if cfg.reveal == "confidence" else None
         reveal = choose_reveals(hidden, count, confidence, streams)
         tokens = torch.where(reveal, draws, tokens)
         hidden &= ~reveal
-        noise = streams.randn(length, d_embed) if sampler.eta > 0 and s > 0 else None
+        noise = streams.randn(length, table.shape[1]) if sampler.eta > 0 and s > 0 else None
         x = torch.where(hidden[..., None], sampler.step(x, x0_hat, t, s, noise), table[tokens])
         self_cond = torch.where(hidden[..., None], x0_hat, table[tokens]) if cfg.self_condition else None
         if on_step is not None:

@@ -30,9 +30,10 @@ def hide(generated: Tensor, t: Tensor, uniforms: Tensor | None = None) -> Tensor
     return generated & (u < t[:, None])
 
 
-def hidden_after(n_generated: int, s: float) -> int:
-    """How many of n_generated tokens are still hidden at time s (the schedule's expectation, rounded)."""
-    return round(n_generated * s)
+def hidden_after(n_generated: Tensor, s: float) -> Tensor:
+    """How many of each example's n_generated (B,) tokens are still hidden at time s (the schedule's
+    expectation, rounded)."""
+    return torch.round(n_generated * s).long()
 
 
 def choose_reveals(hidden: Tensor, count: Tensor, confidence: Tensor | None, streams: ExampleStreams) -> Tensor:

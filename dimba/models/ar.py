@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from dimba.models.blocks import MambaBlock, RMSNorm
@@ -51,9 +50,3 @@ class ARLanguageModel(nn.Module):
             h, state = block.step(h, state)
             new_states.append(state)
         return self.logits(h), new_states
-
-
-def stack_states(per_example: list[list[Mamba2State]]) -> list[Mamba2State]:
-    """Batch-1 states of each example (list over examples of lists over blocks) -> batched states."""
-    return [Mamba2State(torch.cat([ex[i].conv for ex in per_example]), torch.cat([ex[i].ssm for ex in per_example]))
-            for i in range(len(per_example[0]))]

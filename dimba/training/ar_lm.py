@@ -13,7 +13,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from dimba.models.ar import ARLanguageModel, stack_states
+from dimba.models.ar import ARLanguageModel
 from dimba.models.config import MambaConfig
 from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
 from dimba.training.base import LanguageModelBase, LossOutput, OnStep
@@ -89,28 +89,28 @@ class ARLM(LanguageModelBase):
         m = mask[:, 1:]
         return float((nll * m).sum()), int(m.sum())
 
-    def sample(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig, streams: ExampleStreams,
-               on_step: OnStep | None) -> list[list[int]]:
-        """One prefill per prompt (EOS + prompt), then one batched recurrent `step` per token; the prefix is
-        never re-run."""
+    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                   on_step: OnStep | None) -> Tensor:
+        """Left to right, one recurrent `step` per position after EOS: a given position is fed as it is (teacher
+        forcing), the others are drawn from the model given everything to their left; a plain autoregressive
+        model never sees what is to its right. The positions given in every row from the start are one prefill."""
+        B, L = tokens.shape
         eos = self.tokenizer.eos_id if self.tokenizer is not None else 0
-        last_logits, states = [], []
-        for prompt in prompts:
-            ids = torch.tensor([[eos, *prompt]], dtype=torch.long, device=self.device)
-            logits, state = self.net.prefill(ids)
-            last_logits.append(logits)
-            states.append(state)
-        logits, state = torch.cat(last_logits), stack_states(states)
+        not_given = (~given).int()
+        prefix = int(not_given.argmax(1).min()) if bool(not_given.any()) else L  # given in every row up to here
+        ids = torch.cat([tokens.new_full((B, 1), eos), tokens[:, :prefix]], dim=1)
+        logits, state = self.net.prefill(ids)
         step = self.generation_fn()
-        out = torch.full((len(prompts), gen_len), -1, dtype=torch.long, device=self.device)
-        for i in range(gen_len):
-            token = sample_tokens(logits, cfg.temperature, cfg.top_p, streams)
-            out[:, i] = token
+        out = torch.where(given, tokens, torch.full_like(tokens, -1))
+        for pos in range(prefix, L):
+            drawn = sample_tokens(logits, cfg.temperature, cfg.top_p, streams)
+            token = torch.where(given[:, pos], tokens[:, pos], drawn)
+            out[:, pos] = token
             if on_step is not None:
-                on_step(i, out)
-            if i + 1 < gen_len:
+                on_step(pos - prefix, out)
+            if pos + 1 < L:
                 logits, state = step(token, state)
-        return out.tolist()
+        return out
 
 
 def perplexity(nll: float, count: int) -> float:

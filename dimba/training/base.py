@@ -22,9 +22,10 @@ from dimba.models.kernels import mamba_kernels
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.optim import OptimConfig, build_optimizer
 
-# on_step(step, tokens): after each step of generation, tokens (B, gen_len) holds the current guess of every
-# generated position, -1 where a model has not decided one yet.
+# on_step(step, tokens): after each step of generation, tokens holds the current guess of every generated
+# position, -1 where a model has not decided one yet. GroupStep(step, rows, tokens): the same for a group of rows.
 OnStep = Callable[[int, Tensor], None]
+GroupStep = Callable[[int, list[int], Tensor], None]
 
 
 @dataclass
@@ -161,54 +162,72 @@ class LanguageModelBase(L.LightningModule):
                               f"only {', '.join(sorted(self.sampling_options | {'seed'}))}")
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig | None = None,
-                 on_step: OnStep | None = None, example_ids: Sequence[int] | None = None) -> list[list[int]]:
-        """gen_len new token ids after each prompt (a list of token ids, possibly empty).
+    def fill(self, sequences: list[list[int]], given: list[list[bool]], cfg: SamplingConfig | None = None,
+             on_step: GroupStep | None = None, example_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """Complete token sequences at the positions not given: conditioning on any positions (a prompt is a
+        given prefix, infilling a given prefix and suffix, a puzzle its given cells). Values at positions not
+        given are ignored. Returns every sequence with all its positions set.
 
         example_ids: the examples' indices in the whole set being sampled (default 0..B-1); each example draws
         from its own random stream derived from (cfg.seed, its index), so results do not depend on the batch.
+        Sequences of one length are sampled together (the network sees each example's own sequence only).
+        on_step(i, rows, guess): after step i of the group of examples `rows`, their current tokens (b, L),
+        -1 where not decided yet.
         """
         cfg = cfg or SamplingConfig()
+        if len(given) != len(sequences) or any(len(g) != len(s) for g, s in zip(given, sequences, strict=True)):
+            raise ConfigError("every sequence needs a given-mask of its own length")
+        bad = [t for s, g in zip(sequences, given, strict=True) for t, k in zip(s, g, strict=True)
+               if k and not 0 <= t < self.vocab_size]
+        if bad:
+            raise ConfigError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.check_sampling(cfg)
+        ids = list(range(len(sequences))) if example_ids is None else list(example_ids)
+        if len(ids) != len(sequences):
+            raise ConfigError(f"{len(ids)} example ids for {len(sequences)} sequences")
+        streams = ExampleStreams(cfg.seed, ids, self.device)
+        groups: dict[int, list[int]] = {}
+        for i, seq in enumerate(sequences):
+            groups.setdefault(len(seq), []).append(i)
+        out: list[list[int]] = [[] for _ in sequences]
+        for length, rows in groups.items():
+            tokens = torch.tensor([[t if k else 0 for t, k in zip(sequences[r], given[r], strict=True)] for r in rows],
+                                  dtype=torch.long, device=self.device).view(len(rows), length)
+            mask = torch.tensor([given[r] for r in rows], dtype=torch.bool, device=self.device).view(len(rows), length)
+            report = None if on_step is None else (lambda i, guess, rows=rows: on_step(i, rows, guess))
+            filled = self.fill_group(tokens, mask, cfg, streams.subset(rows), report)
+            for r, row in zip(rows, torch.where(mask, tokens, filled).tolist(), strict=True):
+                out[r] = row
+        return out
+
+    def generate(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig | None = None,
+                 on_step: OnStep | None = None, example_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """gen_len new token ids after each prompt (a list of token ids, possibly empty): `fill` with the prompt
+        given. on_step(i, tokens): after step i, the generated positions' current tokens (B, gen_len)."""
         if gen_len < 1:
             raise ConfigError(f"the generation length must be >= 1, got {gen_len}")
         if not prompts:
             return []
-        bad = [t for p in prompts for t in p if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ConfigError(f"prompt token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
-        self.check_sampling(cfg)
-        ids = list(range(len(prompts))) if example_ids is None else list(example_ids)
-        if len(ids) != len(prompts):
-            raise ConfigError(f"{len(ids)} example ids for {len(prompts)} prompts")
-        return self.sample(prompts, gen_len, cfg, ExampleStreams(cfg.seed, ids, self.device), on_step)
+        sequences = [list(p) + [0] * gen_len for p in prompts]
+        given = [[True] * len(p) + [False] * gen_len for p in prompts]
+        report = None
+        if on_step is not None:
+            current = torch.full((len(prompts), gen_len), -1, dtype=torch.long, device=self.device)
 
-    def sample(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig, streams: ExampleStreams,
-               on_step: OnStep | None) -> list[list[int]]:
-        """The model kind's own generation, with the request already checked."""
+            def report(i, rows, guess):
+                for j, r in enumerate(rows):
+                    current[r] = guess[j, len(prompts[r]):]
+                on_step(i, current)
+
+        filled = self.fill(sequences, given, cfg, report, example_ids)
+        return [row[len(p):] for row, p in zip(filled, prompts, strict=True)]
+
+    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                   on_step: OnStep | None) -> Tensor:
+        """The model kind's own generation: tokens and given (b, L), all of one length, the request already
+        checked -> (b, L) tokens (positions given are kept by `fill` whatever this returns there); on_step(i,
+        guess (b, L)) after each step, -1 where not decided yet."""
         raise NotImplementedError
-
-    def sample_by_prompt_length(self, prompts: list[list[int]], gen_len: int, streams: ExampleStreams,
-                                on_step: OnStep | None, sample_group: Callable) -> list[list[int]]:
-        """For models that see the whole sequence at once: prompts of one length are sampled together, by
-        `sample_group(prompt (b, P), gen_len, streams, report) -> (b, gen_len)`, so that the network sees each
-        example's own sequence (prompt + gen_len) only and an example's result does not depend on the batch."""
-        groups: dict[int, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(len(p), []).append(i)
-        # Every example's current guess, -1 until its group has run a step (on_step sees the whole batch).
-        current = torch.full((len(prompts), gen_len), -1, dtype=torch.long, device=self.device)
-        for length, rows in groups.items():
-            index = torch.tensor(rows, device=self.device)
-
-            def report(i, guess, index=index):
-                current.index_copy_(0, index, guess)
-                if on_step is not None:
-                    on_step(i, current)
-
-            prompt = torch.tensor([prompts[r] for r in rows], dtype=torch.long, device=self.device)
-            prompt = prompt.view(len(rows), length)  # also (b, 0) for empty prompts
-            current.index_copy_(0, index, sample_group(prompt, gen_len, streams.subset(rows), report))
-        return current.tolist()
 
     def complete(self, prompts: str | list[str], length: int | None = None, batch_size: int = 16,
                  **sampling) -> str | list[str]:

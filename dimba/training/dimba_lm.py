@@ -7,7 +7,6 @@ knows about the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -203,61 +202,29 @@ class DimbaLM(LanguageModelBase):
                 + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else "")
                 + ("" if cfg.self_condition else ", no self-cond"))
 
-    def sample(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig, streams: ExampleStreams,
-               on_step: OnStep | None) -> list[list[int]]:
+    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                   on_step: OnStep | None) -> Tensor:
+        """Reverse diffusion over (b, L) with the given positions clean (and feeding the prompt encoder)."""
         if cfg.x0_temperature != 1.0 and self.net.x0_param != "softmax":
             raise ConfigError("x0_temperature needs a model with x0_param 'softmax' (this one regresses x0 directly)")
-        group = self._reveal if self.hybrid else self._denoise
-        return self.sample_by_prompt_length(prompts, gen_len, streams, on_step, partial(group, cfg=cfg))
-
-    def _reveal(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
-                cfg: SamplingConfig) -> Tensor:
-        """Prompts (B, P) of one length -> (B, gen_len) tokens, by the hybrid sampler (commit as it goes)."""
-        B, P = prompt.shape
-        d_embed = self.denoiser_config.d_embed
-        prompt_mask = torch.zeros(B, P + gen_len, dtype=torch.bool, device=self.device)
-        prompt_mask[:, :P] = True
-        use_self_cond = cfg.self_condition and self.net.self_conditioning
-        net = self.generation_fn()
-
-        def with_prompt(generated: Tensor, prompt_part: Tensor) -> Tensor:
-            return torch.cat([prompt_part, generated], dim=1)
-
-        def denoise(x, t, tokens, clean, self_cond, drop):
-            # The network sees prompt + generated positions; latents and estimates at the prompt are unused.
-            zeros = x.new_zeros(B, P, d_embed)
-            x_t = with_prompt(x, zeros)
-            if use_self_cond and self_cond is not None:
-                self_cond = with_prompt(self_cond, zeros)
-            else:
-                self_cond = None
-            logits, x0_hat = net(x_t, t, with_prompt(tokens, prompt), prompt_mask, self_cond, drop,
-                                 with_prompt(clean, prompt_mask[:, :P]), self.likelihood_bias(x_t, t))
-            return logits[:, P:], x0_hat[:, P:]
-
-        sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
-        return hybrid_reverse_diffusion(denoise, sampler, self.net.embedding_table(), cfg, streams,
-                                        (B, gen_len, d_embed), on_step)
-
-    def _denoise(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
-                 cfg: SamplingConfig) -> Tensor:
-        """Prompts (B, P) of one length -> (B, gen_len) tokens, by reverse diffusion over (B, P + gen_len)."""
-        prompt_len = prompt.shape[1]
-        tokens = torch.cat([prompt, prompt.new_zeros(len(prompt), gen_len)], dim=1)
-        mask = torch.zeros_like(tokens, dtype=torch.bool)
-        mask[:, :prompt_len] = True
         sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
         use_self_cond = cfg.self_condition and self.net.self_conditioning
         net = self.generation_fn()
+        shape = (*tokens.shape, self.denoiser_config.d_embed)
+        table = self.net.embedding_table()
+        if self.hybrid:
+            def denoise(x_t, t, current, clean, self_cond, drop):
+                return net(x_t, t, current, given, self_cond if use_self_cond else None, drop, clean,
+                           self.likelihood_bias(x_t, t))
+
+            return hybrid_reverse_diffusion(denoise, sampler, table, cfg, streams, tokens, given, on_step)
 
         def denoise(x_t, t, self_cond, drop):
-            return net(x_t, t, tokens, mask, self_cond if use_self_cond else None, drop, None,
+            return net(x_t, t, tokens, given, self_cond if use_self_cond else None, drop, None,
                        self.likelihood_bias(x_t, t))
 
-        report = None if on_step is None else lambda i, guess: on_step(i, guess[:, prompt_len:])
-        out = reverse_diffusion(denoise, sampler, tuple(tokens.shape) + (self.denoiser_config.d_embed,),
-                                self.net.embedding_table(), cfg, streams, self.warp, report)
-        return out[:, prompt_len:]
+        report = None if on_step is None else lambda i, guess: on_step(i, torch.where(given, tokens, guess))
+        return reverse_diffusion(denoise, sampler, shape, table, cfg, streams, self.warp, report)
 
     @property
     def flops_per_token(self) -> float:

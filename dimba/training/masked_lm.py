@@ -9,8 +9,6 @@ positions or the most confident first; a step that reveals nothing runs no netwo
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,7 +16,7 @@ from torch import Tensor
 from dimba.diffusion.config import PromptConfig
 from dimba.diffusion.losses import elbo_cross_entropy
 from dimba.diffusion.masking import choose_reveals, hidden_after, hide, stratified_times
-from dimba.diffusion.masks import random_prefix_mask
+from dimba.diffusion.masks import any_position_mask
 from dimba.models.config import MambaConfig, MaskedConfig
 from dimba.models.masked import MaskedDenoiser
 from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
@@ -66,9 +64,7 @@ class MaskedLM(LanguageModelBase):
     def loss(self, batch: Tensor) -> LossOutput:
         B, L_ = batch.shape
         t = stratified_times(B, self.device)
-        cfg = self.prompt_config
-        return self.masked_loss(batch, t, random_prefix_mask(B, L_, cfg.prompt_prob, cfg.max_prompt_frac,
-                                                             self.device))
+        return self.masked_loss(batch, t, any_position_mask(self.prompt_config, B, L_, self.device))
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self.evaluate_at_fixed_times(batch, "val")
@@ -113,30 +109,26 @@ class MaskedLM(LanguageModelBase):
                                                                   if cfg.temperature != 1 else "")
                 + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else ""))
 
-    def sample(self, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig, streams: ExampleStreams,
-               on_step: OnStep | None) -> list[list[int]]:
-        return self.sample_by_prompt_length(prompts, gen_len, streams, on_step, partial(self._unmask, cfg=cfg))
-
-    def _unmask(self, prompt: Tensor, gen_len: int, streams: ExampleStreams, on_step: OnStep | None,
-                cfg: SamplingConfig) -> Tensor:
-        """Prompts (B, P) of one length -> (B, gen_len) tokens, revealed over cfg.steps steps."""
-        B, P = prompt.shape
+    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                   on_step: OnStep | None) -> Tensor:
+        """(b, L) tokens with the positions not given hidden -> revealed over cfg.steps steps."""
         net = self.generation_fn()
-        x = torch.cat([prompt, prompt.new_full((B, gen_len), self.net.mask_id)], dim=1)
-        hidden = torch.ones(B, gen_len, dtype=torch.bool, device=self.device)
+        x = tokens.masked_fill(~given, self.net.mask_id)
+        hidden = ~given
+        n_hidden = hidden.sum(1)
         times = torch.linspace(1, 0, cfg.steps + 1, dtype=torch.float64)
         logits = None  # the network's answer for the current x; None once x has changed (the cache)
         for i in range(cfg.steps):
-            count = (hidden.sum(1) - hidden_after(gen_len, float(times[i + 1]))).clamp(min=0)
+            count = (hidden.sum(1) - hidden_after(n_hidden, float(times[i + 1]))).clamp(min=0)
             if count.any():
                 if logits is None:
-                    logits = net(x)[:, P:]
+                    logits = net(x)
                 draws = sample_tokens(logits, cfg.temperature, cfg.top_p, streams)
                 confidence = torch.softmax(logits, -1).amax(-1) if cfg.reveal == "confidence" else None
                 reveal = choose_reveals(hidden, count, confidence, streams)
-                x[:, P:] = torch.where(reveal, draws, x[:, P:])
+                x = torch.where(reveal, draws, x)
                 hidden &= ~reveal
                 logits = None
             if on_step is not None:
-                on_step(i, x[:, P:].masked_fill(hidden, -1))
-        return x[:, P:]
+                on_step(i, x.masked_fill(hidden, -1))
+        return x
