@@ -66,3 +66,31 @@ def test_score_is_the_log_likelihood_of_the_masked_tokens_given_everything_befor
     nll, count = model.score(tokens, mask)
     assert count == 8
     assert nll == pytest.approx(float(expected), rel=1e-6)  # score works in fp32
+
+
+def test_fim_rearranges_blocks_into_prefix_suffix_middle():
+    model = tiny_ar(fim_rate=1.0, seq_len=20)
+    pre, suf, mid = model.sentinels
+    assert (pre, suf, mid) == (50, 51, 52) and model.net.embedding.num_embeddings == 53
+    tokens = torch.randint(0, 50, (16, 20))
+    out = model.fim_rearrange(tokens)
+    for row, orig in zip(out.tolist(), tokens.tolist(), strict=True):
+        assert row[0] == pre and row.count(suf) == 1 and row.count(mid) == 1 and row.index(suf) < row.index(mid)
+        i, j = row.index(suf), row.index(mid)
+        prefix, suffix, middle = row[1:i], row[i + 1:j], row[j + 1:]
+        assert prefix + middle + suffix == orig[:17]  # the block minus room for the three sentinels
+    assert tiny_ar().sentinels == () and tiny_ar().net.embedding.num_embeddings == 50
+
+
+def test_a_fim_model_fills_a_gap_from_a_prefix_suffix_middle_prompt():
+    model = tiny_ar(fim_rate=0.5).eval()
+    prompts = []
+    prefill = model.net.prefill
+    model.net.prefill = lambda ids: prompts.append(ids[0].tolist()) or prefill(ids)
+    tokens = [[5, 6, 7, 0, 0, 0, 8, 9, 0, 0]]
+    given = [[True] * 3 + [False] * 3 + [True] * 2 + [False] * 2]
+    filled = model.fill(tokens, given, SamplingConfig(seed=0))[0]
+    pre, suf, mid = model.sentinels
+    assert prompts[0] == [pre, 5, 6, 7, suf, 8, 9, mid]  # the middle gap knows what follows it
+    assert prompts[1][0] == 0 and prompts[1][1:] == filled[:8]  # the trailing gap continues EOS + everything left
+    assert filled[:3] == [5, 6, 7] and filled[6:8] == [8, 9] and all(0 <= t < 50 for t in filled)

@@ -28,6 +28,14 @@ OnStep = Callable[[int, Tensor], None]
 GroupStep = Callable[[int, list[int], Tensor], None]
 
 
+def unpack(batch) -> tuple[Tensor, Tensor | None]:
+    """(tokens (B, L), given (B, L) bool or None). Text batches are token blocks; task batches (reasoning tasks,
+    `dimba.data.tasks`) are dicts that also say which positions are given (the question) and which to generate."""
+    if isinstance(batch, dict):
+        return batch["tokens"], batch["given"]
+    return batch, None
+
+
 @dataclass
 class LossOutput:
     """What `loss(batch)` returns: the scalar to optimise and named scalars to log beside it."""
@@ -66,13 +74,13 @@ class LanguageModelBase(L.LightningModule):
         self.save_hyperparameters(hparams)
 
     # ------------------------------------------------------------------ training
-    def loss(self, batch: Tensor) -> LossOutput:
-        """The training objective on a batch of token blocks (B, L)."""
+    def loss(self, batch) -> LossOutput:
+        """The training objective on a batch: token blocks (B, L), or a task batch (see `unpack`)."""
         raise NotImplementedError
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         out = self.loss(batch)
-        self.log_training(out, batch.shape[0])
+        self.log_training(out, unpack(batch)[0].shape[0])
         return out.total
 
     def log_training(self, out: LossOutput, batch_size: int) -> None:
