@@ -56,7 +56,7 @@ def dimba_in_process(*args) -> InProcessResult:
 
 
 def fit_args(root, name, *extra, config=("base.yaml",)):
-    """A few steps of a tiny model on the test corpus, logging under root/name."""
+    """A few steps of a tiny model on the test corpus, logging under root/name; `config`: the stack before tiny.yaml."""
     configs = [a for c in ((config,) if isinstance(config, str) else config) for a in ("--config", CONFIGS / c)]
     return ["fit", *configs, "--config", CONFIGS / "tiny.yaml", "--data.source", root / "corpus",
             "--trainer.default_root_dir", root / name, "--trainer.logger.init_args.save_dir", root / name, *extra]

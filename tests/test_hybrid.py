@@ -90,7 +90,7 @@ def test_the_hybrid_sampler_reveals_on_schedule_and_ends_on_the_oracle(reveal):
     calls, seen = [], []
     denoise, table = _oracle(target, calls)
     tokens = hybrid_reverse_diffusion(denoise, DDIMSampler(NoiseSchedule("rank", d_embed=4)), table,
-                                      SamplingConfig(steps=4, x0_temperature=0.05, reveal=reveal),
+                                      SamplingConfig(steps=4, temperature=0, reveal=reveal),
                                       ExampleStreams(0, [0]), torch.zeros(1, 8, dtype=torch.long),
                                       torch.zeros(1, 8, dtype=torch.bool), on_step=lambda i, g: seen.append(g))
     assert tokens.tolist() == target.tolist()
@@ -118,5 +118,5 @@ def test_a_small_hybrid_model_overfits_sentences_and_completes_them():
         opt.step()
     model.eval()
     out = model.generate([s[:2].tolist() for s in ids], 8,
-                         SamplingConfig(steps=8, x0_temperature=0.01, reveal="confidence", seed=3))
+                         SamplingConfig(steps=8, temperature=0, reveal="confidence", seed=3))
     assert out == ids[:, 2:].tolist()

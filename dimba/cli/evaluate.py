@@ -3,6 +3,10 @@ reveal order and self-conditioning, and of the AR baseline, on held-out prompts,
 
 Writes results.json (with a few decoded samples per row and the prompt-sensitivity figures), results.md,
 quality_vs_steps.png, quality_vs_entropy.png, quality_vs_latency.png and TensorBoard events to --out_dir.
+
+`dimba eval --task --ckpt_path CKPT`: a model trained on a reasoning task answers the task's test split
+(greedy, at each --steps and reveal order it reads): exact match, accuracy per answer position, Sudoku
+validity; task.json, task.md and task.png in --out_dir. No judge needed.
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dimba eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="the model to evaluate (any kind)")
-    p.add_argument("--judge_ckpt_path", required=True, help="a separate AR checkpoint that scores samples")
+    p.add_argument("--judge_ckpt_path", help="a separate AR checkpoint that scores samples (not with --task)")
+    p.add_argument("--task", action="store_true", help="evaluate on the test split of the task the model was "
+                                                         "trained on (exact match)")
+    p.add_argument("--limit", type=int, default=None, help="with --task: only the first N test instances")
     p.add_argument("--ar_ckpt_path", help="the AR baseline to compare with (optional)")
     p.add_argument("--source", default="shakespeare", help="corpus whose validation split gives the prompts")
     p.add_argument("--num_prompts", type=int, default=64)
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--gen_len", type=int, default=96)
-    p.add_argument("--steps", type=csv_list(int), default=[8, 16, 32, 64, 128, 256])
+    p.add_argument("--steps", type=csv_list(int), default=None,
+                   help="step counts (default 8,16,32,64,128,256; with --task 8,32,128)")
     p.add_argument("--samplers", type=csv_list(str, SAMPLERS), default=["ddim", "ddpm"])
     p.add_argument("--ddpm_steps", type=csv_list(int), default=None, help="steps for ddpm (default: --steps)")
     p.add_argument("--guidance", type=csv_list(float), default=[1.5, 3.0], help="extra CFG scales at --at_steps")
@@ -70,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
+    if args.steps is None:
+        args.steps = [8, 32, 128] if args.task else [8, 16, 32, 64, 128, 256]
     positive = {"--num_prompts": args.num_prompts, "--prompt_len": args.prompt_len, "--gen_len": args.gen_len,
                 "--batch_size": args.batch_size, "--at_steps": args.at_steps}
     positive |= {f"--steps {n}": n for n in args.steps + (args.ddpm_steps or [])}
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     if args.samples < 0:
         raise ConfigError(f"--samples must be >= 0, got {args.samples}")
 
@@ -96,8 +108,31 @@ def grid(args) -> list[SamplingConfig]:
     return configs
 
 
+def evaluate_on_task(args) -> dict:
+    from dimba.eval.tasks import evaluate_task, greedy_configs, task_of
+    from dimba.training.checkpoint import read_checkpoint
+
+    model = load_for_inference(args.ckpt_path, args.device)
+    source, options, seq_len = task_of(model, read_checkpoint(args.ckpt_path))
+    configs = greedy_configs(model, args.steps, args.reveals, args.seed)
+    progress = tqdm(total=len(configs), desc="settings", file=sys.stderr)
+    rows = evaluate_task(model, source, options, seq_len, model_cache(), configs, args.batch_size, args.limit,
+                         progress)
+    progress.close()
+    return {"settings": vars(args) | {"out_dir": str(args.out_dir)}, "task": {"source": source, "options": options},
+            "parameters": {model.kind: model.num_parameters()}, "rows": rows}
+
+
+def model_cache():
+    from dimba.data.shakespeare import cache_dir
+
+    return cache_dir()
+
+
 def evaluate(args) -> dict:
     check_args(args)
+    if args.judge_ckpt_path is None:
+        raise ConfigError("--judge_ckpt_path is needed (an AR checkpoint that scores the samples), or --task")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model = load_for_inference(args.ckpt_path, args.device)
     judge = load_for_inference(args.judge_ckpt_path, args.device)
@@ -165,6 +200,21 @@ def write_outputs(result: dict, out: Path) -> None:
     print(table)
 
 
+def write_task_outputs(result: dict, out: Path) -> None:
+    from dimba.eval.tasks import plot_task_rows, task_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "task.json").write_text(json.dumps(result, indent=2, default=str))
+    table = task_table(result["rows"])
+    (out / "task.md").write_text(f"Task {result['task']['source']} {result['task']['options']}\n\n" + table)
+    plot_task_rows(result["rows"], out / "task.png")
+    print(table)
+
+
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
-    write_outputs(evaluate(args), args.out_dir)
+    if args.task:
+        check_args(args)
+        write_task_outputs(evaluate_on_task(args), args.out_dir)
+    else:
+        write_outputs(evaluate(args), args.out_dir)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from dimba.data.sampler import ResumableSampler
 from dimba.data.shakespeare import cache_dir as default_cache_dir
 from dimba.data.sources import Source, load_documents, resolve_source
+from dimba.data.tasks import TASK_PREFIX, TaskBlocks, task_split_arrays, task_tokenizer
 from dimba.data.tokenizer import Tokenizer, iter_texts
 from dimba.errors import DimbaError
 
@@ -124,13 +125,16 @@ class TextDataModule(L.LightningDataModule):
         val_stream_docs: with streaming, this many documents at the start form the validation set.
         shuffle_seed: the training order of epoch e is a permutation drawn from (shuffle_seed, e), so an
             interrupted run resumes with the same data from the same position.
+        task_options: with source `task:NAME` (a reasoning task, `dimba.data.tasks`), its knobs and n_train,
+            n_test, seed; batches then say which positions are given, and validation runs on the test split.
     """
 
     def __init__(self, source: str | None = None, text_column: str = "text", hub_config: str | None = None,
                  hub_split: str = "train", streaming: bool = False, tokenizer_path: str | None = None,
                  tokenizer_vocab_size: int = 4096, seq_len: int = 128, batch_size: int = 32, val_fraction: float = 0.05,
                  num_workers: int = 0, num_proc: int = 1, cache_dir: str | None = None,
-                 tokenizer_train_chars: int = 50_000_000, val_stream_docs: int = 200, shuffle_seed: int = 0):
+                 tokenizer_train_chars: int = 50_000_000, val_stream_docs: int = 200, shuffle_seed: int = 0,
+                 task_options: dict | None = None):
         super().__init__()
         if seq_len < 2:
             raise DimbaError(f"seq_len must be at least 2, got {seq_len}")
@@ -146,6 +150,10 @@ class TextDataModule(L.LightningDataModule):
         self._resume: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------- corpus and tokenizer (lazy)
+    @property
+    def is_task(self) -> bool:
+        return isinstance(self.hparams.source, str) and self.hparams.source.startswith(TASK_PREFIX)
+
     @property
     def source(self) -> Source:
         if self._source is None:
@@ -182,6 +190,8 @@ class TextDataModule(L.LightningDataModule):
 
     def _load_or_train_tokenizer(self) -> Tokenizer:
         hp = self.hparams
+        if self.is_task:
+            return task_tokenizer()
         if hp.tokenizer_path:
             return Tokenizer.from_file(hp.tokenizer_path)
         key = f"{self._corpus_key}|{hp.tokenizer_vocab_size}|{hp.tokenizer_train_chars}"
@@ -213,6 +223,9 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenise and pack once (rank 0 of each node); later runs read the cache."""
+        if self.is_task:
+            task_split_arrays(self.hparams.source, self.hparams.task_options, self.hparams.seq_len, self.cache)
+            return
         if self.hparams.streaming:
             return
         paths = self._cache_paths()
@@ -233,6 +246,11 @@ class TextDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
+        if self.is_task:
+            arrays = task_split_arrays(hp.source, hp.task_options, hp.seq_len, self.cache)
+            self.train_set = TaskBlocks(arrays["train_tokens"], arrays["train_given"])
+            self.val_set = TaskBlocks(arrays["test_tokens"], arrays["test_given"])
+            return
         if hp.streaming:
             docs = load_documents(self.source, hp.text_column, streaming=True)
             rank = self.trainer.global_rank if self.trainer else 0

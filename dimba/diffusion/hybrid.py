@@ -9,8 +9,9 @@ diffusion learns from); a pure Gaussian corruption has one or the other at any t
 "temporal dissonance").
 
 Sampling starts with every generated token corrupted (pure noise at t = 1). Each step from t to s reveals a
-(t - s)/t share of the still-corrupted tokens (`dimba.diffusion.masking`), drawn from the x0 logits, and moves
-the others' latents one DDIM step towards the current x0 estimate.
+(t - s)/t share of the still-corrupted tokens (`dimba.diffusion.masking`), drawn from the x0 logits (at the
+sampling `temperature`, with top-p), and moves the others' latents one DDIM step towards the current x0
+estimate (sharpened by `x0_temperature`, as in Gaussian DIMBA).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from dimba.diffusion.masking import choose_reveals, hidden_after
 from dimba.diffusion.samplers import DDIMSampler
-from dimba.sampling import ExampleStreams, SamplingConfig, draw_from, nucleus
+from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
 
 # denoise(x_t (B, L, d), t (B,), tokens (B, L), clean (B, L), self_cond, drop_prompt) -> (logits, x0_hat), with the
 # given positions bound (they feed the prompt encoder); `clean` marks them and the tokens revealed so far.
@@ -49,8 +50,9 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
     """Fill the positions of tokens (B, L) that are not given (B, L), in cfg.steps network calls (twice that
     with guidance); returns (B, L).
 
-    Revealed tokens are drawn from softmax(logits / x0_temperature) with top_p; cfg.reveal picks random
-    positions or the most probable first. on_step(i, tokens) gets the tokens so far, -1 where still hidden.
+    Revealed tokens are drawn from the logits at cfg.temperature (0: argmax) with top_p; cfg.reveal picks random
+    positions or the most probable first; the hidden latents step towards softmax(logits / x0_temperature) E.
+    on_step(i, tokens) gets the tokens so far, -1 where still hidden.
     """
     batch, length = tokens.shape
     x = streams.randn(length, table.shape[1])
@@ -67,12 +69,11 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
             logits_u, x0_u = denoise(x, t_batch, tokens, ~hidden, self_cond, drop_all)
             logits = logits_u + cfg.guidance * (logits - logits_u)
             x0_hat = x0_u + cfg.guidance * (x0_hat - x0_u)
-        probs = torch.softmax(logits / cfg.x0_temperature, dim=-1)
         if cfg.x0_temperature != 1.0:
-            x0_hat = probs @ table
+            x0_hat = torch.softmax(logits / cfg.x0_temperature, dim=-1) @ table
         count = (hidden.sum(1) - hidden_after(n_hidden, s)).clamp(min=0)
-        draws = draw_from(nucleus(probs, cfg.top_p), streams)
-        confidence = probs.amax(-1) if cfg.reveal == "confidence" else None
+        draws = sample_tokens(logits, cfg.temperature, cfg.top_p, streams)
+        confidence = torch.softmax(logits, dim=-1).amax(-1) if cfg.reveal == "confidence" else None
         reveal = choose_reveals(hidden, count, confidence, streams)
         tokens = torch.where(reveal, draws, tokens)
         hidden &= ~reveal

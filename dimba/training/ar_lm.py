@@ -86,10 +86,10 @@ class ARLM(LanguageModelBase):
                                 row[i:j]])
         return out
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> None:
         self.log_next_token_metrics(batch, "val")
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
         self.log_next_token_metrics(batch, "test")
 
     def log_next_token_metrics(self, batch, stage: str) -> None:

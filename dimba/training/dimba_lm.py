@@ -24,7 +24,7 @@ from dimba.errors import ConfigError
 from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.models.denoiser import DimbaDenoiser
 from dimba.sampling import ExampleStreams, SamplingConfig
-from dimba.training.base import LanguageModelBase, LossOutput, OnStep
+from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
 from dimba.training.optim import OptimConfig
 from dimba.training.validation import VAL_TIMES, FixedTimeMetrics, per_example_draws
 
@@ -77,8 +77,8 @@ class DimbaLM(LanguageModelBase):
     @property
     def sampling_options(self) -> frozenset[str]:
         if self.hybrid:
-            return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "top_p", "x0_temperature",
-                              "reveal"})
+            return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "temperature", "top_p",
+                              "x0_temperature", "reveal"})
         return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from", "temperature",
                           "top_p", "x0_temperature", "warped_steps"})
 
@@ -127,13 +127,18 @@ class DimbaLM(LanguageModelBase):
         return DiffusionStepLoss(total=total, metrics={"mse": parts.mse, "ce": parts.ce, "acc": parts.accuracy},
                                  t=t, per_example_ce=parts.per_example_ce)
 
-    def loss(self, batch: Tensor) -> DiffusionStepLoss:
-        B, L_ = batch.shape
+    def loss(self, batch) -> DiffusionStepLoss:
+        """Text: random prompts (PromptConfig). Tasks: the question given, the answer generated."""
+        tokens, given = unpack(batch)
+        B, L_ = tokens.shape
         t = self.sample_times(B)
-        prompt_mask, drop = training_prompt(self.prompt_config, B, L_, self.device)
-        return self.denoising_loss(batch, t, prompt_mask, drop, self.diffusion_config.self_cond_prob)
+        if given is None:
+            prompt_mask, drop = training_prompt(self.prompt_config, B, L_, self.device)
+        else:
+            prompt_mask, drop = given, torch.rand(B, device=self.device) < self.prompt_config.cfg_dropout
+        return self.denoising_loss(tokens, t, prompt_mask, drop, self.diffusion_config.self_cond_prob)
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         out = self.loss(batch)
         if self.warp is not None:
             t_seen, ce_seen = out.t.detach(), out.per_example_ce.detach()
@@ -141,21 +146,21 @@ class DimbaLM(LanguageModelBase):
                 # Every rank folds in every rank's losses, so the warps stay identical under DDP.
                 t_seen, ce_seen = self.all_gather(t_seen), self.all_gather(ce_seen)
             self.warp.update(t_seen.flatten(), ce_seen.flatten())
-        self.log_training(out, batch.shape[0])
+        self.log_training(out, len(out.t))
         return out.total
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate_at_fixed_times(batch, "val")
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
         self.evaluate_at_fixed_times(batch, "test")
 
-    def evaluate_at_fixed_times(self, batch: Tensor, stage: str) -> None:
-        """Loss and token accuracy at fixed t, unconditional, with fixed noise per example (comparable across
-        validations), aggregated over all batches and ranks by token count."""
-        tokens = batch
+    def evaluate_at_fixed_times(self, batch, stage: str) -> None:
+        """Loss and token accuracy at fixed t, unconditional (tasks: the question given), with fixed noise per
+        example (comparable across validations), aggregated over all batches and ranks by token count."""
+        tokens, given = unpack(batch)
         B, L_ = tokens.shape
-        no_prompt = torch.zeros_like(tokens, dtype=torch.bool)
+        no_prompt = torch.zeros_like(tokens, dtype=torch.bool) if given is None else given
         noise = per_example_draws(tokens, L_, self.denoiser_config.d_embed)
         uniforms = per_example_draws(tokens, L_, uniform=True) if self.hybrid else None
         for i, tv in enumerate(VAL_TIMES):

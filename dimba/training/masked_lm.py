@@ -20,7 +20,7 @@ from dimba.diffusion.masks import any_position_mask
 from dimba.models.config import MambaConfig, MaskedConfig
 from dimba.models.masked import MaskedDenoiser
 from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
-from dimba.training.base import LanguageModelBase, LossOutput, OnStep
+from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
 from dimba.training.optim import OptimConfig
 from dimba.training.validation import VAL_TIMES, FixedTimeMetrics, per_example_draws
 
@@ -61,28 +61,32 @@ class MaskedLM(LanguageModelBase):
         return LossOutput(elbo_cross_entropy(logits, tokens, hidden, generated, t),
                           {"ce": (ce * hidden).sum() / count, "acc": correct.sum() / count})
 
-    def loss(self, batch: Tensor) -> LossOutput:
-        B, L_ = batch.shape
+    def loss(self, batch) -> LossOutput:
+        """Text: random prompts (PromptConfig). Tasks: the question given, the answer generated."""
+        tokens, given = unpack(batch)
+        B, L_ = tokens.shape
         t = stratified_times(B, self.device)
-        return self.masked_loss(batch, t, any_position_mask(self.prompt_config, B, L_, self.device))
+        prompt = any_position_mask(self.prompt_config, B, L_, self.device) if given is None else given
+        return self.masked_loss(tokens, t, prompt)
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> None:
         self.evaluate_at_fixed_times(batch, "val")
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
         self.evaluate_at_fixed_times(batch, "test")
 
-    def evaluate_at_fixed_times(self, batch: Tensor, stage: str) -> None:
+    def evaluate_at_fixed_times(self, batch, stage: str) -> None:
         """CE and accuracy of the hidden tokens at fixed t (a t share hidden), unconditional, with fixed masks
         per example; the loss is the ELBO-weighted one."""
-        B, L_ = batch.shape
-        no_prompt = torch.zeros_like(batch, dtype=torch.bool)
-        uniforms = per_example_draws(batch, L_, uniform=True)
+        tokens, given = unpack(batch)
+        B, L_ = tokens.shape
+        no_prompt = torch.zeros_like(tokens, dtype=torch.bool) if given is None else given
+        uniforms = per_example_draws(tokens, L_, uniform=True)
         for i, tv in enumerate(VAL_TIMES):
             t = torch.full((B,), tv, device=self.device)
-            out = self.masked_loss(batch, t, no_prompt, uniforms)
+            out = self.masked_loss(tokens, t, no_prompt, uniforms)
             self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
-                                     float(batch.numel()), B)
+                                     float(tokens.numel()), B)
 
     def on_validation_epoch_end(self) -> None:
         self.eval_metrics.log_stage_loss(self, "val")

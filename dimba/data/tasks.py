@@ -1,0 +1,266 @@
+"""Reasoning tasks, generated offline: seeded, deterministic, pure Python, with a small fixed vocabulary (one token
+per node, digit or symbol). Each example is a token sequence and a mask of the positions given (the question);
+the model writes the others (the answer).
+
+- path_star (Bachmann & Nagarajan 2024, "The pitfalls of next-token prediction"): a star graph of `degree`
+  arms of `arm_length` nodes around a centre, node ids drawn from 0..num_nodes-1; the edge list, shuffled, then
+  `/ start goal =`, then the path from the start (the centre) to the goal (a leaf). Teacher-forced
+  left-to-right models learn a shortcut and stay near 1/degree exact match; `reverse=True` writes the path from
+  the goal back to the start (the control that solves it left to right).
+- sudoku6: 6x6 Sudoku (2x3 boxes) with a unique solution (checked by a solver), `givens` cells given; the
+  puzzle (`_` for a blank), `=`, then the solution, whose given cells are given too. Train and test are split by
+  canonical solution grid (digits relabelled so that the first row reads 1..6): no test grid is seen in training.
+
+`make_split(task, n_train, n_test, seed)` builds both splits with a leakage check; `--data.source task:NAME`
+and `--data.task_options` use them as training data (`dimba.data.datamodule`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, pre_tokenizers
+
+from dimba.data.tokenizer import EOS, PAD, Tokenizer
+from dimba.errors import DimbaError
+
+TASK_PREFIX = "task:"
+
+NUM_NODE_TOKENS = 50
+SYMBOLS = (",", "/", "=", "_")
+VOCAB = [EOS, PAD, *(f"n{i}" for i in range(NUM_NODE_TOKENS)), *(f"d{i}" for i in range(1, 10)), *SYMBOLS]
+
+
+def task_tokenizer() -> Tokenizer:
+    """The fixed task vocabulary as a word-level tokenizer: encode("n3 n7 ,") -> three ids; decode joins with
+    spaces."""
+    hf = HFTokenizer(models.WordLevel({tok: i for i, tok in enumerate(VOCAB)}, unk_token=PAD))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return Tokenizer(hf)
+
+
+@dataclass
+class Example:
+    tokens: list[str]
+    given: list[bool]
+
+
+class PathStar:
+    name = "path_star"
+
+    def __init__(self, degree: int = 2, arm_length: int = 5, num_nodes: int = NUM_NODE_TOKENS, reverse: bool = False):
+        if degree < 2 or arm_length < 1:
+            raise DimbaError(f"path_star needs degree >= 2 and arm_length >= 1, got {degree}, {arm_length}")
+        if not 1 + degree * arm_length <= num_nodes <= NUM_NODE_TOKENS:
+            raise DimbaError(f"path_star with degree {degree} and arm_length {arm_length} needs "
+                             f"{1 + degree * arm_length} to {NUM_NODE_TOKENS} nodes, got {num_nodes}")
+        self.degree, self.arm_length, self.num_nodes, self.reverse = degree, arm_length, num_nodes, reverse
+
+    @property
+    def length(self) -> int:
+        edges = self.degree * self.arm_length
+        return 3 * edges + 4 + self.arm_length + 1
+
+    def example(self, rng: random.Random) -> Example:
+        nodes = rng.sample(range(self.num_nodes), 1 + self.degree * self.arm_length)
+        centre, arms = nodes[0], [nodes[1 + a * self.arm_length:1 + (a + 1) * self.arm_length]
+                                  for a in range(self.degree)]
+        edges = [(u, v) for arm in arms for u, v in zip([centre, *arm[:-1]], arm, strict=True)]
+        rng.shuffle(edges)
+        goal_arm = arms[rng.randrange(self.degree)]
+        path = [centre, *goal_arm]
+        if self.reverse:
+            path = path[::-1]
+        question = [tok for u, v in edges for tok in (f"n{u}", f"n{v}", ",")]
+        question += ["/", f"n{centre}", f"n{goal_arm[-1]}", "="]
+        return Example(question + [f"n{p}" for p in path], [True] * len(question) + [False] * len(path))
+
+    def key(self, ex: Example) -> tuple:
+        """What makes two instances the same: the graph and the query (the edge order aside)."""
+        question = [t for t, g in zip(ex.tokens, ex.given, strict=True) if g]
+        edges = frozenset(tuple(question[i:i + 2]) for i in range(0, len(question) - 4, 3))
+        return edges, tuple(question[-3:-1])
+
+
+class Sudoku6:
+    """6x6 Sudoku, rows of 6, boxes of 2 rows x 3 columns."""
+
+    name = "sudoku6"
+    length = 36 + 1 + 36
+
+    def __init__(self, givens: int = 18):
+        if not 8 <= givens <= 35:
+            raise DimbaError(f"sudoku6 needs 8 to 35 givens, got {givens}")
+        self.givens = givens
+
+    @staticmethod
+    def peers(cell: int) -> set[int]:
+        r, c = divmod(cell, 6)
+        box = [(r // 2 * 2 + i) * 6 + c // 3 * 3 + j for i in range(2) for j in range(3)]
+        return ({r * 6 + j for j in range(6)} | {i * 6 + c for i in range(6)} | set(box)) - {cell}
+
+    def count_solutions(self, grid: list[int], limit: int = 2) -> int:
+        """Solutions of grid (0 = blank), counted up to `limit` (depth-first, most constrained cell first)."""
+        blanks = [i for i, v in enumerate(grid) if v == 0]
+        if not blanks:
+            return 1
+        best, options = None, None
+        for cell in blanks:
+            used = {grid[p] for p in PEERS[cell]}
+            free = [d for d in range(1, 7) if d not in used]
+            if best is None or len(free) < len(options):
+                best, options = cell, free
+                if len(free) <= 1:
+                    break
+        total = 0
+        for d in options:
+            grid[best] = d
+            total += self.count_solutions(grid, limit - total)
+            grid[best] = 0
+            if total >= limit:
+                break
+        return total
+
+    def random_solution(self, rng: random.Random) -> list[int]:
+        grid = [0] * 36
+
+        def fill(i: int) -> bool:
+            if i == 36:
+                return True
+            used = {grid[p] for p in PEERS[i]}
+            digits = [d for d in range(1, 7) if d not in used]
+            rng.shuffle(digits)
+            for d in digits:
+                grid[i] = d
+                if fill(i + 1):
+                    return True
+            grid[i] = 0
+            return False
+
+        fill(0)
+        return grid
+
+    def example(self, rng: random.Random) -> Example:
+        solution = self.random_solution(rng)
+        while True:
+            puzzle = list(solution)
+            for cell in rng.sample(range(36), 36):
+                if sum(v > 0 for v in puzzle) == self.givens:
+                    break
+                puzzle[cell], keep = 0, puzzle[cell]
+                if self.count_solutions(list(puzzle)) != 1:
+                    puzzle[cell] = keep
+            if sum(v > 0 for v in puzzle) == self.givens:
+                break
+        cells = [f"d{v}" if v else "_" for v in puzzle]
+        return Example(cells + ["="] + [f"d{v}" for v in solution],
+                       [True] * 37 + [v > 0 for v in puzzle])
+
+    @staticmethod
+    def key(ex: Example) -> tuple:
+        """The canonical solution grid: digits relabelled so that the first row reads 1..6."""
+        solution = ex.tokens[37:]
+        relabel = {tok: f"d{i + 1}" for i, tok in enumerate(solution[:6])}
+        return tuple(relabel[t] for t in solution)
+
+    @staticmethod
+    def satisfies_constraints(cells: list[str]) -> bool:
+        """Whether 36 cells form a valid Sudoku grid (each row, column and box holds d1..d6 once)."""
+        if len(cells) != 36 or any(c not in {f"d{i}" for i in range(1, 7)} for c in cells):
+            return False
+        return all(cells[i] != cells[p] for i in range(36) for p in PEERS[i])
+
+
+PEERS = [Sudoku6.peers(i) for i in range(36)]
+TASKS = {"path_star": PathStar, "sudoku6": Sudoku6}
+
+
+def build_task(name: str, options: dict | None = None):
+    if name not in TASKS:
+        raise DimbaError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    try:
+        return TASKS[name](**(options or {}))
+    except TypeError as err:
+        raise DimbaError(f"bad options for task {name}: {err}") from None
+
+
+def make_split(task, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, test): the test set first, then training examples whose key no test example has (the leakage
+    check), each from its own seeded stream."""
+    if n_train < 1 or n_test < 1:
+        raise DimbaError(f"a task split needs n_train and n_test >= 1, got {n_train}, {n_test}")
+    test_rng, train_rng = random.Random(f"{task.name}:test:{seed}"), random.Random(f"{task.name}:train:{seed}")
+    test, seen = [], set()
+    while len(test) < n_test:
+        ex = task.example(test_rng)
+        if task.key(ex) not in seen:
+            seen.add(task.key(ex))
+            test.append(ex)
+    train, attempts = [], 0
+    while len(train) < n_train:
+        attempts += 1
+        if attempts > 20 * n_train + 1000:
+            raise DimbaError(f"task {task.name} cannot make {n_train} training examples apart from the test set")
+        ex = task.example(train_rng)
+        if task.key(ex) not in seen:
+            train.append(ex)
+    return train, test
+
+
+def to_arrays(examples: list[Example], tokenizer: Tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens (N, seq_len) int32, given (N, seq_len) bool), right-padded with PAD, which counts as given."""
+    if examples and len(examples[0].tokens) > seq_len:
+        raise DimbaError(f"the task's examples are {len(examples[0].tokens)} tokens, longer than seq_len {seq_len}")
+    vocab = tokenizer.hf.get_vocab()
+    tokens = np.full((len(examples), seq_len), tokenizer.pad_id, dtype=np.int32)
+    given = np.ones((len(examples), seq_len), dtype=bool)
+    for i, ex in enumerate(examples):
+        tokens[i, :len(ex.tokens)] = [vocab[t] for t in ex.tokens]
+        given[i, :len(ex.given)] = ex.given
+    return tokens, given
+
+
+class TaskBlocks(torch.utils.data.Dataset):
+    """Rows of a task split as {"tokens": (seq_len,) int64, "given": (seq_len,) bool}."""
+
+    def __init__(self, tokens: np.ndarray, given: np.ndarray):
+        self.tokens, self.given = tokens, given
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"tokens": torch.from_numpy(self.tokens[i].astype(np.int64)), "given": torch.from_numpy(self.given[i])}
+
+
+def task_split_arrays(source: str, options: dict | None, seq_len: int, cache: Path) -> dict[str, np.ndarray]:
+    """The train and test arrays of `task:NAME` with its options (n_train, n_test, seed and the task's own knobs),
+    built once and cached as .npz under cache/tasks."""
+    options = dict(options or {})
+    n_train, n_test, seed = options.pop("n_train", 50_000), options.pop("n_test", 1000), options.pop("seed", 0)
+    task = build_task(source[len(TASK_PREFIX):], options)
+    if task.length > seq_len:
+        raise DimbaError(f"task {task.name} writes {task.length} tokens per example; set data.seq_len >= "
+                         f"{task.length} (got {seq_len})")
+    key = json.dumps([task.name, sorted(options.items()), n_train, n_test, seed, seq_len, VOCAB])
+    path = cache / "tasks" / f"{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if not path.exists():
+        train, test = make_split(task, n_train, n_test, seed)
+        tok = task_tokenizer()
+        arrays = {}
+        for split, examples in (("train", train), ("test", test)):
+            arrays[f"{split}_tokens"], arrays[f"{split}_given"] = to_arrays(examples, tok, seq_len)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}

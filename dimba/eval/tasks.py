@@ -1,0 +1,113 @@
+"""Reasoning-task evaluation: a model trained on a task (`--data.source task:NAME`) answers the held-out test
+instances; exact match of the whole answer, accuracy per answer position (node or cell), and for Sudoku the
+share of outputs that satisfy every constraint."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dimba.data.tasks import TASK_PREFIX, Sudoku6, task_split_arrays, task_tokenizer
+from dimba.errors import DimbaError
+from dimba.sampling import SamplingConfig
+from dimba.training.base import LanguageModelBase
+
+
+def task_of(model: LanguageModelBase, ckpt: dict) -> tuple[str, dict, int]:
+    """(source, task_options, seq_len) the checkpoint was trained on."""
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    source = data.get("source")
+    if not (isinstance(source, str) and source.startswith(TASK_PREFIX)):
+        raise DimbaError(f"the checkpoint was not trained on a task (its data source is {source!r}); "
+                         "train with --data.source task:NAME")
+    if model.tokenizer.fingerprint != task_tokenizer().fingerprint:
+        raise DimbaError("the checkpoint's tokenizer is not the task vocabulary of this version")
+    return source, data.get("task_options") or {}, int(data.get("seq_len") or model.seq_len)
+
+
+def answer_accuracy(predicted: np.ndarray, tokens: np.ndarray, given: np.ndarray) -> dict[str, float]:
+    """Exact match of the answer (every position not given) and accuracy per answer position."""
+    answer = ~given
+    correct = (predicted == tokens) | given
+    return {"exact_match": float(correct.all(1).mean()),
+            "position_accuracy": float(((predicted == tokens) & answer).sum() / max(answer.sum(), 1))}
+
+
+def sudoku_valid_share(predicted: np.ndarray, vocab: list[str]) -> float:
+    """Share of outputs whose solution part (after the 37 puzzle tokens) is a valid grid."""
+    return float(np.mean([Sudoku6.satisfies_constraints([vocab[t] for t in row[37:73]]) for row in predicted]))
+
+
+def evaluate_task(model: LanguageModelBase, source: str, options: dict, seq_len: int, cache, configs, batch_size: int,
+                  limit: int | None = None, progress=None) -> list[dict]:
+    """One row per sampling config: exact match, position accuracy (and Sudoku validity), seconds per example."""
+    arrays = task_split_arrays(source, options, seq_len, cache)
+    tokens, given = arrays["test_tokens"], arrays["test_given"]
+    if limit:
+        tokens, given = tokens[:limit], given[:limit]
+    vocab = task_tokenizer().hf.get_vocab()
+    inverse = [None] * len(vocab)
+    for tok, i in vocab.items():
+        inverse[i] = tok
+    rows = []
+    for cfg in configs:
+        began = time.perf_counter()
+        predicted = []
+        for lo in range(0, len(tokens), batch_size):
+            hi = min(lo + batch_size, len(tokens))
+            predicted += model.fill(tokens[lo:hi].tolist(), given[lo:hi].tolist(), cfg, example_ids=range(lo, hi))
+        predicted = np.asarray(predicted)
+        row = {"label": model.describe(cfg), "model": model.kind, **cfg.as_dict(),
+               **answer_accuracy(predicted, tokens, given), "examples": len(tokens),
+               "seconds_per_example": (time.perf_counter() - began) / len(tokens)}
+        if source == TASK_PREFIX + Sudoku6.name:
+            row["valid_solutions"] = sudoku_valid_share(predicted, inverse)
+        row["sample"] = {"question": " ".join(inverse[t] for t, g in zip(tokens[0], given[0], strict=True) if g),
+                         "answer": " ".join(inverse[t] for t, g in zip(predicted[0], given[0], strict=True) if not g),
+                         "truth": " ".join(inverse[t] for t, g in zip(tokens[0], given[0], strict=True) if not g)}
+        rows.append(row)
+        if progress is not None:
+            progress.update(1)
+    return rows
+
+
+def greedy_configs(model: LanguageModelBase, steps: list[int], reveals: list[str], seed: int) -> list[SamplingConfig]:
+    """Greedy decoding (temperature 0) at each step count and reveal order the model reads."""
+    configs = []
+    for n in steps if "steps" in model.sampling_options else [None]:
+        for reveal in reveals if "reveal" in model.sampling_options else [None]:
+            kw = {"temperature": 0.0, "seed": seed}
+            kw |= {"steps": n} if n is not None else {}
+            kw |= {"reveal": reveal} if reveal is not None else {}
+            cfg = SamplingConfig(**kw)
+            if cfg not in configs:
+                configs.append(cfg)
+    return configs
+
+
+def plot_task_rows(rows: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [r["label"] for r in rows]
+    ax.barh(range(len(rows)), [r["exact_match"] for r in rows], color="C0", label="exact match")
+    ax.barh(range(len(rows)), [r["position_accuracy"] for r in rows], color="C1", alpha=0.35,
+            label="position accuracy")
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def task_table(rows: list[dict]) -> str:
+    keys = ["label", "exact_match", "position_accuracy", "valid_solutions", "examples", "seconds_per_example"]
+    keys = [k for k in keys if any(k in r for r in rows)]
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+            + "".join("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
