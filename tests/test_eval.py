@@ -113,3 +113,28 @@ def test_compare_puts_one_row_of_several_evals_side_by_side(tmp_path):
     missing = subprocess.run(cmd[:-4] + ["--row", "DIMBA ddim 64 steps", "--out", str(out)], capture_output=True,
                              text=True)
     assert missing.returncode == 2 and "has no row 'DIMBA ddim 64 steps'" in missing.stderr
+
+
+def test_compare_curves_plots_steps_of_several_runs(tmp_path):
+    import subprocess
+    import sys
+
+    def run(name, kind, ppl_by_steps):
+        rows = [{"label": "real continuation", "model": "reference", "gen_ppl": 50.0},
+                {"label": "AR, temperature 1", "model": "ar", "gen_ppl": 90.0}]
+        rows += [{"label": f"{kind} {n}", "model": kind, "steps": n, "sampler": "ddim", "reveal": "random",
+                  "gen_ppl": ppl, "guidance": 1.0, "self_condition": True} for n, ppl in ppl_by_steps.items()]
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"rows": rows}))
+        return folder
+
+    runs = [run("gauss", "dimba", {8: 4000.0, 32: 3000.0}), run("mdlm", "masked", {8: 900.0, 32: 800.0})]
+    out = tmp_path / "curves.png"
+    result = subprocess.run([sys.executable, "-m", "dimba.eval.compare", *map(str, runs), "--curves", "--out",
+                             str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size > 10_000
+    both = subprocess.run([sys.executable, "-m", "dimba.eval.compare", str(runs[0]), "--curves", "--row", "x",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert both.returncode == 2 and "not allowed with" in both.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -82,6 +83,30 @@ def quality_vs_entropy(rows: list[dict], path: Path) -> plt.Figure:
     ax.set_xlabel("unigram entropy of the samples (bits)")
     ax.set_ylabel("gen-PPL (judge)")
     ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def steps_across_runs(runs: dict[str, list[dict]], path: Path) -> plt.Figure:
+    """gen-PPL (log) against denoising steps, one line per run and curve; AR rows and the real continuation as
+    horizontal lines (from the first run that has them)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn_refs = set()
+    for i, (name, rows) in enumerate(runs.items()):
+        curves = [r for r in rows if is_step_curve(r)]
+        for j, curve in enumerate(sorted({curve_name(r) for r in curves})):
+            pts = sorted((r["steps"], r["gen_ppl"]) for r in curves if curve_name(r) == curve)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if j == 0 else "s--", color=f"C{i}",
+                    label=f"{name}: {curve}")
+        for r in rows:
+            if r["model"] in REFERENCE_KINDS and r["label"] not in drawn_refs and r["model"] != "random":
+                drawn_refs.add(r["label"])
+                ax.axhline(r["gen_ppl"], ls=":", color="gray")
+                ax.annotate(r["label"], (ax.get_xlim()[0], r["gen_ppl"]), fontsize=6, va="bottom")
+    ax.set(xscale="log", yscale="log", xlabel="denoising steps", ylabel="gen-PPL (judge)")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
