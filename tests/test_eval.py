@@ -12,7 +12,8 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     result = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--ar_ckpt_path", trained_ar,
                    "--source", workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
                    "--steps", "2,4", "--samplers", "ddim,ddpm", "--guidance", "2", "--x0_temperatures", "0.5",
-                   "--at_steps", 2, "--batch_size", 2, "--sensitivity", "--diagnose", "--out_dir", out, cwd=workdir)
+                   "--at_steps", 2, "--batch_size", 2, "--sensitivity", "--diagnose",
+                   "--match_entropy", "x0_temperature", "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in data["rows"]]
@@ -24,6 +25,9 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     assert len(real) == 3 and all(s["prompt"] and s["completion"] for s in real)
     assert all(r["gen_ppl"] > 1 and 0 <= r["distinct_1"] <= 1 for r in data["rows"])
     assert set(data["parameters"]) == {"dimba", "judge", "ar"}
+    matched = [r for r in data["rows"] if r.get("matched_by")]
+    assert [r["matched_by"] for r in matched] == ["x0_temperature", "x0_temperature", "top_p"]  # 2 and 4 steps, AR
+    assert all(0.3 <= r[r["matched_by"]] <= 1.5 and "entropy matched by" in r["label"] for r in matched)
     sensitivity = {r["label"]: r for r in data["prompt_sensitivity"]}
     assert set(sensitivity) == {"DIMBA ddim 2 steps", "AR, temperature 1"}
     for r in sensitivity.values():

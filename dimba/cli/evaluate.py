@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
-from dimba.eval.quality import QualityEval, held_out_prompts, markdown, supported
+from dimba.eval.quality import KNOB_RANGES, QualityEval, held_out_prompts, markdown, supported
 from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig
 from dimba.training.checkpoint import load_for_inference
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_ps", type=csv_list(float), default=[], help="extra top-p values at --at_steps")
     p.add_argument("--reveals", type=csv_list(str, REVEAL_ORDERS), default=list(REVEAL_ORDERS),
                    help="reveal orders of committing samplers, at every step count")
+    p.add_argument("--match_entropy", choices=sorted(KNOB_RANGES), default=None,
+                   help="also, at each step count (and for the AR baseline), set this knob by bisection so that the "
+                        "samples' entropy matches the real continuation's")
     p.add_argument("--at_steps", type=int, default=32,
                    help="steps of the guidance / temperature / self-cond ablation rows")
     p.add_argument("--sensitivity", action="store_true",
@@ -154,6 +157,13 @@ def evaluate(args) -> dict:
     for m, configs in plans:
         rows += quality.model_rows(m, configs, args.batch_size, progress)
     progress.close()
+    if args.match_entropy:
+        for m, _ in plans:
+            knob = args.match_entropy if args.match_entropy in m.sampling_options else "top_p"
+            steps = args.steps if "steps" in m.sampling_options else [None]
+            for n in tqdm(steps, desc=f"entropy matching ({m.short_name})", file=sys.stderr):
+                base = SamplingConfig(seed=args.seed, **({"steps": n} if n is not None else {}))
+                rows.append(quality.match_entropy(m, base, knob, args.batch_size))
     result = {"settings": vars(args) | {"out_dir": str(args.out_dir)},
               "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
               | {"judge": judge.num_parameters()},

@@ -15,14 +15,16 @@ REFERENCE_KINDS = ("ar", "reference", "random")
 
 def is_step_curve(row: dict) -> bool:
     """Rows of a model with steps that differ only in sampler, reveal order and steps (no guidance,
-    self-conditioning on, temperatures 1, no nucleus)."""
-    return (row["model"] not in REFERENCE_KINDS and row.get("steps") is not None and row.get("guidance", 1.0) == 1.0
-            and row.get("self_condition", True) and row.get("x0_temperature", 1.0) == 1.0
-            and row.get("temperature", 1.0) == 1.0 and row.get("top_p", 1.0) == 1.0)
+    self-conditioning on, temperatures 1, no nucleus), or that had a knob set to match real text's entropy."""
+    if row["model"] in REFERENCE_KINDS or row.get("steps") is None or row.get("guidance", 1.0) != 1.0:
+        return False
+    return bool(row.get("matched_by")) or (row.get("self_condition", True) and row.get("x0_temperature", 1.0) == 1.0
+                                           and row.get("temperature", 1.0) == 1.0 and row.get("top_p", 1.0) == 1.0)
 
 
 def curve_name(row: dict) -> str:
-    return f"{row['model']} {row.get('sampler', '')} {row.get('reveal', '')}".strip()
+    matched = f" (entropy matched by {row['matched_by']})" if row.get("matched_by") else ""
+    return f"{row['model']} {row.get('sampler', '')} {row.get('reveal', '')}".strip() + matched
 
 
 def quality_vs_steps(rows: list[dict], path: Path) -> plt.Figure:

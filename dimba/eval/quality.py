@@ -21,6 +21,8 @@ from dimba.sampling import SamplingConfig
 from dimba.training.ar_lm import perplexity
 from dimba.training.base import LanguageModelBase
 
+# Where match_entropy searches each knob (entropy rises with all of them).
+KNOB_RANGES = {"temperature": (0.3, 1.5), "x0_temperature": (0.3, 1.5), "top_p": (0.3, 1.0)}
 COLUMNS = ["label", "gen_ppl", "entropy_bits", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "repeat_4",
            "seconds_per_sample", "latency_b1_s"]
 
@@ -135,6 +137,30 @@ class QualityEval:
             if progress is not None:
                 progress.update(1)
         return rows
+
+    def match_entropy(self, model: LanguageModelBase, cfg: SamplingConfig, knob: str, batch_size: int,
+                      tolerance: float = 0.05, tries: int = 7) -> dict:
+        """The row of `cfg` with `knob` (a temperature or top_p) set, by bisection, so that the samples' unigram
+        entropy is within `tolerance` bits of the real continuation's (entropy rises with each knob). The row
+        says the value found; the last try is kept if none is within tolerance."""
+        import dataclasses
+
+        from dimba.eval.metrics import unigram_entropy
+
+        target = unigram_entropy(self.refs)
+        lo, hi = KNOB_RANGES[knob]
+        gen_len = len(self.refs[0])
+        for _ in range(tries):
+            value = round((lo + hi) / 2, 4)
+            trial = dataclasses.replace(cfg, **{knob: value})
+            completions, per_sample, latency = generate_all(model, self.prompts, gen_len, trial, batch_size)
+            entropy = unigram_entropy(completions)
+            if abs(entropy - target) <= tolerance:
+                break
+            lo, hi = (value, hi) if entropy < target else (lo, value)
+        label = f"{model.describe(trial)} (entropy matched by {knob})"
+        return self.row(label, model.kind, completions, **trial.as_dict(), matched_by=knob,
+                        target_entropy_bits=target, seconds_per_sample=per_sample, latency_b1_s=latency)
 
     def prompt_sensitivity(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int,
                            first: int = 4) -> dict:
