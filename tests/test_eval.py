@@ -142,3 +142,17 @@ def test_compare_curves_plots_steps_of_several_runs(tmp_path):
     both = subprocess.run([sys.executable, "-m", "dimba.eval.compare", str(runs[0]), "--curves", "--row", "x",
                            "--out", str(out)], capture_output=True, text=True)
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_bench_builds_each_kind_from_stacked_configs_as_the_cli_does():
+    """`dimba bench` without checkpoints: configs/base.yaml, then a model file of another kind keeps the shared
+    backbone sizes it does not set and drops what the new kind does not take (as LightningCLI does)."""
+    from dimba.eval.bench import config_model
+    from tests.helpers import CONFIGS
+
+    ar = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "ar.yaml")
+    assert ar.kind == "ar" and ar.net_config.n_layers == 6 and ar.net_config.chunk_size == 64
+    masked = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "masked.yaml")
+    assert masked.kind == "masked" and masked.net_config.n_layers == 3
+    hybrid = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "hybrid.yaml")
+    assert hybrid.hybrid and hybrid.denoiser_config.d_embed == 64

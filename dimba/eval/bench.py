@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 import resource
 import sys
 from functools import partial
@@ -30,7 +31,10 @@ def config_model(*paths: Path, vocab_size: int = 4096, seq_len: int = 128) -> La
     for path in paths:
         cfg = yaml.safe_load(path.read_text())
         cfg = cfg.get("model", cfg)
-        model = cfg.get("class_path", model)
+        if cfg.get("class_path", model) != model:  # another kind: keep what it accepts, as LightningCLI does
+            model = cfg["class_path"]
+            accepted = inspect.signature(model_class(model).__init__).parameters
+            init = {k: v for k, v in init.items() if k in accepted}
         for key, value in cfg.get("init_args", {}).items():
             init[key] = {**init.get(key, {}), **value} if isinstance(value, dict) else value
     return model_class(model)(vocab_size=vocab_size, seq_len=seq_len, **init)
