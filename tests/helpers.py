@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -105,6 +106,29 @@ def tiny_ar(vocab_size=50, seq_len=16, net=None, **configs):
     from dimba.training.ar_lm import ARLM
 
     return ARLM(net={**TINY_NET, **(net or {})}, vocab_size=vocab_size, seq_len=seq_len, **configs)
+
+
+SENTENCES = ["the cat sat on the mat and looked at the", "a dog ran in the park with a red ball",
+             "my friend reads old books by the window every day", "some birds sing loud songs in the tall green trees"]
+LEARNING_NET = dict(d_model=64, n_layers=2, d_state=16, headdim=16, chunk_size=16, impl="torch")
+
+
+def sentence_ids():
+    """(vocabulary size, (4, 10) word ids of SENTENCES) for the learning tests."""
+    words = sorted({w for s in SENTENCES for w in s.split()})
+    return len(words), torch.tensor([[words.index(w) for w in s.split()] for s in SENTENCES])
+
+
+def overfit(model, ids, steps: int, lr: float = 3e-3):
+    """Train `model` on ids (repeated 4x per batch) without a Trainer; return it in eval mode and the last loss."""
+    model = no_trainer(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        loss = model.training_step(ids.repeat(4, 1), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), loss.item()
 
 
 def no_trainer(model):

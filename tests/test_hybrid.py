@@ -13,7 +13,7 @@ from dimba.diffusion.schedules import NoiseSchedule
 from dimba.errors import ConfigError
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.dimba_lm import DimbaLM
-from tests.helpers import no_trainer, tiny_dimba
+from tests.helpers import LEARNING_NET, overfit, sentence_ids, tiny_dimba
 
 HYBRID = dict(corruption="hybrid", schedule="rank", time_warp=False)
 
@@ -103,20 +103,9 @@ def test_a_small_hybrid_model_overfits_sentences_and_completes_them():
     """Learning test: prompted with the first two words, the hybrid model writes the other eight exactly."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    sents = ["the cat sat on the mat and looked at the", "a dog ran in the park with a red ball",
-             "my friend reads old books by the window every day", "some birds sing loud songs in the tall green trees"]
-    words = sorted({w for s in sents for w in s.split()})
-    ids = torch.tensor([[words.index(w) for w in s.split()] for s in sents])
-    model = no_trainer(DimbaLM(net=dict(d_model=64, n_layers=2, d_state=16, headdim=16, chunk_size=16, impl="torch"),
-                               denoiser=dict(d_embed=16), diffusion={**HYBRID, "skip_logits": True},
-                               prompt=dict(prompt_prob=0.9, cfg_dropout=0.0), vocab_size=len(words), seq_len=10))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(400):
-        loss = model.training_step(ids.repeat(4, 1), step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    vocab, ids = sentence_ids()
+    model, _ = overfit(DimbaLM(net=LEARNING_NET, denoiser=dict(d_embed=16), diffusion={**HYBRID, "skip_logits": True},
+                               prompt=dict(prompt_prob=0.9, cfg_dropout=0.0), vocab_size=vocab, seq_len=10), ids, 400)
     out = model.generate([s[:2].tolist() for s in ids], 8,
                          SamplingConfig(steps=8, temperature=0, reveal="confidence", seed=3))
     assert out == ids[:, 2:].tolist()

@@ -10,7 +10,7 @@ import torch
 from dimba.diffusion.masking import choose_reveals, hidden_after, hide, stratified_times
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.masked_lm import MaskedLM
-from tests.helpers import CONFIGS, TINY_NET, ckpt_dir, dimba, fit_args, no_trainer
+from tests.helpers import CONFIGS, LEARNING_NET, TINY_NET, ckpt_dir, dimba, fit_args, overfit, sentence_ids
 
 
 def tiny_masked(**configs):
@@ -76,20 +76,10 @@ def test_a_small_model_overfits_sentences_and_completes_them(reveal):
     """Learning test: prompted with the first two words, the model writes the other eight exactly."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    sents = ["the cat sat on the mat and looked at the", "a dog ran in the park with a red ball",
-             "my friend reads old books by the window every day", "some birds sing loud songs in the tall green trees"]
-    words = sorted({w for s in sents for w in s.split()})
-    ids = torch.tensor([[words.index(w) for w in s.split()] for s in sents])
-    model = no_trainer(MaskedLM(net=dict(d_model=64, n_layers=2, d_state=16, headdim=16, chunk_size=16, impl="torch"),
-                                prompt=dict(prompt_prob=0.9), vocab_size=len(words), seq_len=10))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(300):
-        loss = model.training_step(ids.repeat(4, 1), step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert math.isfinite(loss.item())
-    model.eval()
+    vocab, ids = sentence_ids()
+    model, loss = overfit(MaskedLM(net=LEARNING_NET, prompt=dict(prompt_prob=0.9), vocab_size=vocab, seq_len=10),
+                          ids, 300)
+    assert math.isfinite(loss)
     out = model.generate([s[:2].tolist() for s in ids], 8, SamplingConfig(steps=8, temperature=0, reveal=reveal))
     assert out == ids[:, 2:].tolist()
 

@@ -9,7 +9,7 @@ from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.models.denoiser import DimbaDenoiser
 from dimba.sampling import SamplingConfig
 from dimba.training.dimba_lm import DimbaLM
-from tests.helpers import TINY_NET, no_trainer
+from tests.helpers import LEARNING_NET, TINY_NET, overfit, sentence_ids
 
 
 def tiny_net(**kw):
@@ -95,21 +95,8 @@ def test_a_small_model_overfits_sentences_and_completes_them():
     fresh noise must reproduce the other eight exactly."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    sents = ["the cat sat on the mat and looked at the",
-             "a dog ran in the park with a red ball",
-             "my friend reads old books by the window every day",
-             "some birds sing loud songs in the tall green trees"]
-    words = sorted({w for s in sents for w in s.split()})
-    ids = torch.tensor([[words.index(w) for w in s.split()] for s in sents])
-    model = no_trainer(DimbaLM(net=dict(d_model=64, n_layers=2, d_state=16, headdim=16, chunk_size=16, impl="torch"),
-                               denoiser=dict(d_embed=16), prompt=dict(prompt_prob=0.9, cfg_dropout=0.0),
-                               vocab_size=len(words), seq_len=10))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(600):
-        loss = model.training_step(ids.repeat(4, 1), step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    vocab, ids = sentence_ids()
+    model, _ = overfit(DimbaLM(net=LEARNING_NET, denoiser=dict(d_embed=16), vocab_size=vocab, seq_len=10,
+                               prompt=dict(prompt_prob=0.9, cfg_dropout=0.0)), ids, 600)
     completions = model.generate([s[:2].tolist() for s in ids], 8, SamplingConfig(steps=20, temperature=0, seed=123))
     assert completions == ids[:, 2:].tolist()

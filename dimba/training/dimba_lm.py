@@ -26,7 +26,7 @@ from dimba.models.denoiser import DimbaDenoiser
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
 from dimba.training.optim import OptimConfig
-from dimba.training.validation import VAL_TIMES, FixedTimeMetrics, per_example_draws
+from dimba.training.validation import FixedTimeMetrics, FixedTimeValidation, per_example_draws
 
 T_MIN = 1e-3  # t = 0 exactly is a noiseless, uninformative training example
 
@@ -39,7 +39,7 @@ class DiffusionStepLoss(LossOutput):
     per_example_ce: Tensor | None = None  # (B,)
 
 
-class DimbaLM(LanguageModelBase):
+class DimbaLM(FixedTimeValidation, LanguageModelBase):
     """Diffusion LM over token embeddings.
 
     Args:
@@ -149,31 +149,14 @@ class DimbaLM(LanguageModelBase):
         self.log_training(out, len(out.t))
         return out.total
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.evaluate_at_fixed_times(batch, "val")
+    def fixed_time_draws(self, tokens: Tensor) -> dict:
+        L_ = tokens.shape[1]
+        return {"noise": per_example_draws(tokens, L_, self.denoiser_config.d_embed),
+                "uniforms": per_example_draws(tokens, L_, uniform=True) if self.hybrid else None}
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate_at_fixed_times(batch, "test")
-
-    def evaluate_at_fixed_times(self, batch, stage: str) -> None:
-        """Loss and token accuracy at fixed t, unconditional (tasks: the question given), with fixed noise per
-        example (comparable across validations), aggregated over all batches and ranks by token count."""
-        tokens, given = unpack(batch)
-        B, L_ = tokens.shape
-        no_prompt = torch.zeros_like(tokens, dtype=torch.bool) if given is None else given
-        noise = per_example_draws(tokens, L_, self.denoiser_config.d_embed)
-        uniforms = per_example_draws(tokens, L_, uniform=True) if self.hybrid else None
-        for i, tv in enumerate(VAL_TIMES):
-            t = torch.full((B,), tv, device=self.device)
-            out = self.denoising_loss(tokens, t, no_prompt, None, self_cond_prob=0.0, noise=noise, uniforms=uniforms)
-            self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
-                                     float(tokens.numel()), B)
-
-    def on_validation_epoch_end(self) -> None:
-        self.eval_metrics.log_stage_loss(self, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self.eval_metrics.log_stage_loss(self, "test")
+    def loss_at_fixed_time(self, tokens: Tensor, prompt: Tensor, t: Tensor, noise: Tensor, uniforms: Tensor | None
+                           ) -> DiffusionStepLoss:
+        return self.denoising_loss(tokens, t, prompt, None, self_cond_prob=0.0, noise=noise, uniforms=uniforms)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:

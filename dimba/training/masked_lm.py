@@ -22,10 +22,10 @@ from dimba.models.masked import MaskedDenoiser
 from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
 from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
 from dimba.training.optim import OptimConfig
-from dimba.training.validation import VAL_TIMES, FixedTimeMetrics, per_example_draws
+from dimba.training.validation import FixedTimeMetrics, FixedTimeValidation, per_example_draws
 
 
-class MaskedLM(LanguageModelBase):
+class MaskedLM(FixedTimeValidation, LanguageModelBase):
     """Masked diffusion LM.
 
     Args:
@@ -69,30 +69,12 @@ class MaskedLM(LanguageModelBase):
         prompt = any_position_mask(self.prompt_config, B, L_, self.device) if given is None else given
         return self.masked_loss(tokens, t, prompt)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.evaluate_at_fixed_times(batch, "val")
+    def fixed_time_draws(self, tokens: Tensor) -> dict:
+        return {"uniforms": per_example_draws(tokens, tokens.shape[1], uniform=True)}
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate_at_fixed_times(batch, "test")
-
-    def evaluate_at_fixed_times(self, batch, stage: str) -> None:
-        """CE and accuracy of the hidden tokens at fixed t (a t share hidden), unconditional, with fixed masks
-        per example; the loss is the ELBO-weighted one."""
-        tokens, given = unpack(batch)
-        B, L_ = tokens.shape
-        no_prompt = torch.zeros_like(tokens, dtype=torch.bool) if given is None else given
-        uniforms = per_example_draws(tokens, L_, uniform=True)
-        for i, tv in enumerate(VAL_TIMES):
-            t = torch.full((B,), tv, device=self.device)
-            out = self.masked_loss(tokens, t, no_prompt, uniforms)
-            self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
-                                     float(tokens.numel()), B)
-
-    def on_validation_epoch_end(self) -> None:
-        self.eval_metrics.log_stage_loss(self, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self.eval_metrics.log_stage_loss(self, "test")
+    def loss_at_fixed_time(self, tokens: Tensor, prompt: Tensor, t: Tensor, uniforms: Tensor) -> LossOutput:
+        """The ELBO-weighted loss and the CE / accuracy of the hidden tokens, a t share of them hidden."""
+        return self.masked_loss(tokens, t, prompt, uniforms)
 
     @property
     def flops_per_token(self) -> float:

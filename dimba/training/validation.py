@@ -51,3 +51,43 @@ class FixedTimeMetrics(nn.Module):
         for m in losses:
             m.reset()
         module.log(f"{stage}/loss", value, prog_bar=True)
+
+
+class FixedTimeValidation:
+    """Mixin (before LanguageModelBase) for the diffusion LightningModules: validation and test evaluate
+    `loss_at_fixed_time` at each of VAL_TIMES, unconditional for text (a task's question given), with draws fixed
+    per example (`fixed_time_draws`), into `self.eval_metrics` (a FixedTimeMetrics)."""
+
+    eval_metrics: FixedTimeMetrics
+
+    def fixed_time_draws(self, tokens: Tensor) -> dict:
+        """The random inputs of the corruption, fixed per example: keyword arguments of loss_at_fixed_time."""
+        raise NotImplementedError
+
+    def loss_at_fixed_time(self, tokens: Tensor, prompt: Tensor, t: Tensor, **draws):
+        """A LossOutput with metrics "ce" and "acc" for tokens (B, L) corrupted at t (B,), prompt positions given."""
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.evaluate_at_fixed_times(batch, "test")
+
+    def evaluate_at_fixed_times(self, batch, stage: str) -> None:
+        from dimba.training.base import unpack
+
+        tokens, given = unpack(batch)
+        B = tokens.shape[0]
+        prompt = torch.zeros_like(tokens, dtype=torch.bool) if given is None else given
+        draws = self.fixed_time_draws(tokens)
+        for i, tv in enumerate(VAL_TIMES):
+            out = self.loss_at_fixed_time(tokens, prompt, torch.full((B,), tv, device=tokens.device), **draws)
+            self.eval_metrics.update(self, stage, i, out.metrics["ce"], out.metrics["acc"], out.total,
+                                     float(tokens.numel()), B)
+
+    def on_validation_epoch_end(self) -> None:
+        self.eval_metrics.log_stage_loss(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_metrics.log_stage_loss(self, "test")
