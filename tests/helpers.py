@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +44,9 @@ def dimba_in_process(*args) -> InProcessResult:
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
+    # Log records (warnings of the data path, say) go to this call's stderr, as they would in a process of its own.
+    handler = logging.StreamHandler(err)
+    logging.getLogger().addHandler(handler)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main([str(a) for a in args])
@@ -53,6 +57,8 @@ def dimba_in_process(*args) -> InProcessResult:
 
             err.write(traceback.format_exc())
             code = 1
+        finally:
+            logging.getLogger().removeHandler(handler)
     return InProcessResult(code, out.getvalue(), err.getvalue())
 
 

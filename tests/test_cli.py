@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.helpers import CONFIGS, assert_clean_failure, ckpt_dir, dimba, fit_args
+from tests.helpers import CONFIGS, assert_clean_failure, ckpt_dir, dimba, dimba_in_process, fit_args
 
 
 def test_fit_writes_a_checkpoint_with_tokenizer_and_logs(trained, workdir):
@@ -34,14 +34,15 @@ def test_validate_and_test_a_checkpoint(trained, workdir, verb):
     assert f"{'val' if verb == 'validate' else 'test'}/loss" in result.stdout
 
 
-def test_help_and_print_config(workdir):
-    assert "fit" in dimba("--help", cwd=workdir).stdout
-    result = dimba("fit", "--config", CONFIGS / "base.yaml", "--print_config", cwd=workdir)
+def test_help_and_print_config():
+    assert "fit" in dimba_in_process("--help").stdout
+    result = dimba_in_process("fit", "--config", CONFIGS / "base.yaml", "--print_config")
     assert result.returncode == 0, result.stderr
     cfg = yaml.safe_load(result.stdout)
     assert cfg["model"]["class_path"] == "dimba.training.dimba_lm.DimbaLM"
     assert cfg["model"]["init_args"]["net"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
-    assert "--ckpt_path" in dimba("predict", "--help", cwd=workdir).stdout
+    for verb in ("predict", "eval", "bench", "export"):
+        assert "--ckpt_path" in dimba_in_process(verb, "--help").stdout
 
 
 def every_config():
@@ -103,7 +104,7 @@ def test_ddp_on_cpu_ranks_see_disjoint_shards_and_keep_one_warp(workdir):
 def test_fit_on_a_missing_corpus(workdir):
     args = fit_args(workdir, "bad")
     args[args.index("--data.source") + 1] = workdir / "nowhere"
-    assert_clean_failure(dimba(*args, cwd=workdir), "error: corpus not found")
+    assert_clean_failure(dimba_in_process(*args), "error: corpus not found")
 
 
 def test_fit_on_an_empty_corpus(workdir):
@@ -111,19 +112,19 @@ def test_fit_on_an_empty_corpus(workdir):
     (workdir / "empty" / "a.txt").write_text("  \n")
     args = fit_args(workdir, "bad")
     args[args.index("--data.source") + 1] = workdir / "empty"
-    assert_clean_failure(dimba(*args, cwd=workdir), "is empty")
+    assert_clean_failure(dimba_in_process(*args), "is empty")
 
 
 def test_fit_with_a_missing_column(workdir):
     (workdir / "c.jsonl").write_text(json.dumps({"body": "some text " * 50}) + "\n")
     args = fit_args(workdir, "bad")
     args[args.index("--data.source") + 1] = workdir / "c.jsonl"
-    assert_clean_failure(dimba(*args, cwd=workdir), "no column 'text'")
+    assert_clean_failure(dimba_in_process(*args), "no column 'text'")
 
 
 def test_resume_with_another_tokenizer(trained, workdir):
     args = fit_args(workdir, "other", "--data.tokenizer_vocab_size", "280", "--ckpt_path", trained)
-    assert_clean_failure(dimba(*args, cwd=workdir), "trained with another tokenizer")
+    assert_clean_failure(dimba_in_process(*args), "trained with another tokenizer")
 
 
 @pytest.mark.parametrize("kind", ["dimba", "ar"])

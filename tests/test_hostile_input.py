@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, dimba, fit_args
+from tests.helpers import REPO, dimba, dimba_in_process, fit_args
 
 
 def fit_on(workdir, name, source, *extra):
+    """Two training steps on `source`, in this process (what is tested is the data path, not the console script)."""
     args = fit_args(workdir, name, "--trainer.max_steps", "2", *extra)
     args[args.index("--data.source") + 1] = source
-    return dimba(*args, cwd=workdir)
+    return dimba_in_process(*args)
 
 
 def test_binary_junk_text_trains_with_a_warning(workdir):

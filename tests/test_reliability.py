@@ -313,3 +313,24 @@ def test_bf16_mixed_default_model_stays_finite_for_300_steps(workdir):
     ckpt = torch.load(ckpt_dir(workdir, "bf16_300") / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 300
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_ddp_run_resumes_exactly(workdir, tmp_path):
+    """Two CPU ranks, 2 steps then resumed to 4, against 4 steps straight: the same final checkpoint (weights,
+    EMA, optimizer, time warp, data position), each rank having continued its own shard."""
+    from tests.helpers import dimba
+
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.val_check_interval", "100", "--trainer.limit_val_batches", "0"]
+    straight = dimba(*fit_args(tmp_path, "ddp_straight", *ddp, "--trainer.max_steps", "4"), cwd=workdir)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    first = dimba(*fit_args(tmp_path, "ddp_first", *ddp, "--trainer.max_steps", "2"), cwd=workdir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = dimba(*fit_args(tmp_path, "ddp_resumed", *ddp, "--trainer.max_steps", "4", "--ckpt_path",
+                              ckpt_dir(tmp_path, "ddp_first") / "last.ckpt"), cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(ckpt_dir(tmp_path, "ddp_straight") / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(ckpt_dir(tmp_path, "ddp_resumed") / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    for key in ("state_dict", "current_model_state", "optimizer_states", "time_warp", "TextDataModule"):
+        assert_same_tensors(a[key], b[key], key)
