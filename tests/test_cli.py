@@ -14,6 +14,9 @@ def test_fit_writes_a_checkpoint_with_tokenizer_and_logs(trained, workdir):
     assert ckpt["global_step"] == 6  # the last step is saved even though no periodic save fell on it
     assert ckpt["tokenizer_json"] and "time_warp" in ckpt
     assert "current_model_state" in ckpt  # EMA: state_dict holds the average, this the raw weights
+    # ...and they are the raw weights: the end-of-training save comes before EMA swaps the average in (it came
+    # after, so a run that ended before its first periodic checkpoint resumed from the average).
+    assert any(not torch.equal(ckpt["state_dict"][k], ckpt["current_model_state"][k]) for k in ckpt["state_dict"])
     events = list((workdir / "run").rglob("events.out.tfevents*"))
     assert events
 

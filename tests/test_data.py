@@ -197,3 +197,23 @@ def test_streaming_data_module_on_a_local_file(tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.shape == (4, 32)
+
+
+def test_the_sampler_starts_where_the_batches_consumed_say():
+    """Data epoch and position follow the batches consumed (the global step), whatever Lightning's epoch says;
+    ranks get disjoint shards."""
+    from dimba.data.sampler import ResumableSampler
+
+    consumed = [0]
+    make = lambda rank: ResumableSampler(list(range(40)), batch_size=4, num_replicas=2, rank=rank, seed=3,
+                                         consumed=lambda: consumed[0])
+    ranks = [make(0), make(1)]
+    first = [list(r) for r in ranks]
+    assert len(first[0]) == 20 and not set(first[0]) & set(first[1])
+    consumed[0] = 2  # two batches of epoch 0 trained: the rest of epoch 0 comes next
+    assert list(ranks[0]) == first[0][8:]
+    ranks[0].set_epoch(7)  # Lightning's counter is ignored
+    assert list(ranks[0]) == first[0][8:]
+    consumed[0] = 5  # one batch into epoch 1: another permutation
+    second = list(ranks[0])
+    assert len(second) == 16 and second != first[0][4:]

@@ -147,7 +147,6 @@ class TextDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.sampler: ResumableSampler | None = None
-        self._resume: tuple[int, int] | None = None
 
     # ---------------------------------------------------------------- corpus and tokenizer (lazy)
     @property
@@ -278,29 +277,22 @@ class TextDataModule(L.LightningDataModule):
             return self._loader(self.train_set)
         world = self.trainer.world_size if self.trainer else 1
         rank = self.trainer.global_rank if self.trainer else 0
-        self.sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.shuffle_seed)
-        if self._resume is not None:  # restored from a checkpoint: continue inside the interrupted epoch
-            epoch, batches_done = self._resume
-            self.sampler.resume_at(epoch, batches_done * self.hparams.batch_size)
-            self._resume = None
+        self.sampler = ResumableSampler(self.train_set, self.hparams.batch_size, num_replicas=world, rank=rank,
+                                        seed=self.hparams.shuffle_seed, consumed=self._batches_consumed)
         return self._loader(self.train_set, self.sampler, drop_last=True)
+
+    def _batches_consumed(self) -> int:
+        """Training batches this rank has consumed: one per optimizer step and accumulated gradient (the
+        trainer's global step is in every checkpoint, so a resumed run knows it too)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.global_step * self.trainer.accumulate_grad_batches
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
 
-    def state_dict(self) -> dict:
-        """Where training is in the data: the epoch and the batches of it already trained on (this rank)."""
-        if self.trainer is None or self.sampler is None:
-            return {}
-        batches_per_epoch = len(self.sampler) // self.hparams.batch_size
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if done >= batches_per_epoch:  # saved after the epoch's last batch: resume at the next epoch
-            return {"epoch": self.trainer.current_epoch + 1, "batches_done": 0}
-        return {"epoch": self.trainer.current_epoch, "batches_done": done}
-
     def load_state_dict(self, state: dict) -> None:
-        if state:
-            self._resume = (state["epoch"], state["batches_done"])
+        """Checkpoints up to 0.1 saved the data position here; it now follows the global step (ResumableSampler)."""
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

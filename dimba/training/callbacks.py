@@ -109,12 +109,12 @@ class CheckpointOnStop(L.Callback):
     """Save `last.ckpt` whenever training stops: at its end (max_time, max_steps), on SIGTERM and on SIGUSR1
     (what clusters send before preemption), so that no step is lost between periodic checkpoints.
 
-    Lightning's ModelCheckpoint writes `last` at the end of training only if it wrote none during the run;
-    after a periodic save, the steps since it were lost (75 steps of a 28-minute run, seen here). This
-    overwrites the `last` file ModelCheckpoint tracks in exactly that case. List it before EMA: its
-    on_train_end must run before EMA copies the average into the training weights. (SLURM's SIGUSR1
-    requeue is Lightning's own.) It also refuses, with a clear error, to resume a run whose max_time is
-    already spent, which Lightning would end at once without a step.
+    Lightning's ModelCheckpoint writes `last` at the end of training only if it wrote none during the run
+    (after a periodic save, the steps since it were lost), and when it does, it writes after EMA has swapped
+    the average into the training weights (the raw weights were lost). This writes `last` at the end of every
+    run, before EMA: list it before EMA. (SLURM's SIGUSR1 requeue is Lightning's own.) It also refuses, with a
+    clear error, to resume a run whose max_time is already spent, which Lightning would end at once without a
+    step.
     """
 
     def __init__(self):
@@ -148,13 +148,14 @@ class CheckpointOnStop(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         callback = trainer.checkpoint_callback
-        if callback is None or callback.dirpath is None:
+        if callback is None or callback.dirpath is None or not callback.save_last:
             return
-        # Once ModelCheckpoint has written a `last` file it never rewrites it at the end: this does. If it has
-        # written none, its own on_train_end (which runs after this one) writes it.
-        if callback.last_model_path:
-            trainer.save_checkpoint(callback.last_model_path)
-            rank_zero_info(f"training ended: saved {callback.last_model_path} at step {trainer.global_step}")
+        # ModelCheckpoint's own end-of-training save of `last` runs after every other callback (Lightning puts it
+        # last), so after EMA has copied the average into the training weights: that checkpoint's raw weights
+        # would be the average, and a resumed run would continue from it. Saving here, before EMA, with
+        # ModelCheckpoint's own naming, also stops it saving again at the end.
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        rank_zero_info(f"training ended: saved {callback.last_model_path} at step {trainer.global_step}")
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
