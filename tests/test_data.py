@@ -214,6 +214,8 @@ def test_the_sampler_starts_where_the_batches_consumed_say():
     assert list(ranks[0]) == first[0][8:]
     ranks[0].set_epoch(7)  # Lightning's counter is ignored
     assert list(ranks[0]) == first[0][8:]
-    consumed[0] = 5  # one batch into epoch 1: another permutation
+    consumed[0] = 5  # 5 batches per epoch: epoch 1 starts, with another permutation
     second = list(ranks[0])
-    assert len(second) == 16 and second != first[0][4:]
+    assert len(second) == 20 and second != first[0]
+    consumed[0] = 6
+    assert list(ranks[0]) == second[4:]
