@@ -13,7 +13,7 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
                    "--source", workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
                    "--steps", "2,4", "--samplers", "ddim,ddpm", "--guidance", "2", "--x0_temperatures", "0.5",
                    "--at_steps", 2, "--batch_size", 2, "--sensitivity", "--diagnose",
-                   "--match_entropy", "x0_temperature", "--out_dir", out, cwd=workdir)
+                   "--match_entropy", "x0_temperature", "--infill_gap", 4, "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in data["rows"]]
@@ -28,6 +28,9 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     matched = [r for r in data["rows"] if r.get("matched_by")]
     assert [r["matched_by"] for r in matched] == ["x0_temperature", "x0_temperature", "top_p"]  # 2 and 4 steps, AR
     assert all(0.3 <= r[r["matched_by"]] <= 1.5 and "entropy matched by" in r["label"] for r in matched)
+    infill = data["infill"]
+    assert [r["model"] for r in infill] == ["reference", "dimba", "ar"] and all(r["infill_gap"] == 4 for r in infill)
+    assert all(0 <= r["gap_token_match"] <= 1 for r in infill[1:]) and infill[0]["gen_ppl"] > 1
     sensitivity = {r["label"]: r for r in data["prompt_sensitivity"]}
     assert set(sensitivity) == {"DIMBA ddim 2 steps", "AR, temperature 1"}
     for r in sensitivity.values():

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match_entropy", choices=sorted(KNOB_RANGES), default=None,
                    help="also, at each step count (and for the AR baseline), set this knob by bisection so that the "
                         "samples' entropy matches the real continuation's")
+    p.add_argument("--infill_gap", type=int, default=0,
+                   help="also fill this many tokens hidden in the middle of each held-out block (at --at_steps) and "
+                        "judge the whole filled text")
     p.add_argument("--at_steps", type=int, default=32,
                    help="steps of the guidance / temperature / self-cond ablation rows")
     p.add_argument("--sensitivity", action="store_true",
@@ -168,6 +171,15 @@ def evaluate(args) -> dict:
               "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
               | {"judge": judge.num_parameters()},
               "rows": rows}
+    if args.infill_gap:
+        if not 0 < args.infill_gap < args.prompt_len + args.gen_len:
+            raise ConfigError(f"--infill_gap must be in 1..{args.prompt_len + args.gen_len - 1}")
+        result["infill"] = []
+        for m, _ in plans:
+            wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
+            cfg = wanted if wanted.changed() <= m.sampling_options else SamplingConfig(seed=args.seed)
+            rows_m = quality.infill_rows(m, cfg, args.infill_gap, args.batch_size)
+            result["infill"] += rows_m if not result["infill"] else rows_m[1:]
     if args.diagnose:
         if model.kind != "dimba":
             raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
@@ -195,6 +207,8 @@ def write_outputs(result: dict, out: Path) -> None:
         table += "\nPrompt sensitivity\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
         table += "".join("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
                          + " |\n" for r in result["prompt_sensitivity"])
+    if result.get("infill"):
+        table += "\nInfilling (the judge's perplexity of the whole filled text)\n\n" + markdown(result["infill"])
     if result.get("noise_rank"):
         keys = list(result["noise_rank"][0])
         table += "\nNoise level diagnostics\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"

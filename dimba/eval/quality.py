@@ -162,6 +162,30 @@ class QualityEval:
         return self.row(label, model.kind, completions, **trial.as_dict(), matched_by=knob,
                         target_entropy_bits=target, seconds_per_sample=per_sample, latency_b1_s=latency)
 
+    def infill_rows(self, model: LanguageModelBase, cfg: SamplingConfig, gap: int, batch_size: int) -> list[dict]:
+        """Text infilling: each held-out block (prompt + continuation) with `gap` tokens hidden in its middle,
+        filled by the model. Returns the real text's row (once) and the model's: the judge's perplexity of the
+        whole filled text (the judge reads left to right, so the text after the gap tells whether the fill fits)
+        and the share of gap tokens equal to the real ones."""
+        blocks = [p + r for p, r in zip(self.prompts, self.refs, strict=True)]
+        length = len(blocks[0])
+        start = (length - gap) // 2
+        given = [[not start <= i < start + gap for i in range(length)] for _ in blocks]
+        filled = []
+        for lo in range(0, len(blocks), batch_size):
+            hi = min(lo + batch_size, len(blocks))
+            filled += model.fill(blocks[lo:hi], given[lo:hi], cfg, example_ids=range(lo, hi))
+        no_prompt = [[] for _ in blocks]
+        exact = sum(f[i] == b[i] for f, b in zip(filled, blocks, strict=True) for i in range(start, start + gap))
+
+        def row(label, kind, texts, **extra):
+            ppl = judge_ppl(self.judge, no_prompt, texts)
+            return {"label": label, "model": kind, "infill_gap": gap, "gen_ppl": ppl, **extra}
+
+        return [row(f"real text (infilling {gap} tokens)", "reference", blocks),
+                row(f"{model.describe(cfg)}, infilling {gap} tokens", model.kind, filled,
+                    gap_token_match=exact / (gap * len(blocks)), **cfg.as_dict())]
+
     def prompt_sensitivity(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int,
                            first: int = 4) -> dict:
         """Does a completion follow its prompt, or its noise? Completions of every prompt, and of the same
