@@ -63,14 +63,16 @@ def judge_ppl(judge: LanguageModelBase, prompts, completions) -> float:
 
 
 def generate_all(model: LanguageModelBase, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig,
-                 batch_size: int) -> tuple[list[list[int]], float, float]:
+                 batch_size: int, latency: bool = True) -> tuple[list[list[int]], float, float | None]:
     """All completions (example i always draws from stream (seed, i), whatever the batch size), seconds per
-    sample (batched) and batch-1 latency (the first prompt, median of 3)."""
+    sample (batched) and batch-1 latency (the first prompt, median of 3; None if not asked for)."""
     out, began = [], time.perf_counter()
     for lo in range(0, len(prompts), batch_size):
         batch = prompts[lo:lo + batch_size]
         out.extend(model.generate(batch, gen_len, cfg, example_ids=range(lo, lo + len(batch))))
     per_sample = (time.perf_counter() - began) / len(prompts)
+    if not latency:
+        return out, per_sample, None
     singles = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -153,11 +155,12 @@ class QualityEval:
         for _ in range(tries):
             value = round((lo + hi) / 2, 4)
             trial = dataclasses.replace(cfg, **{knob: value})
-            completions, per_sample, latency = generate_all(model, self.prompts, gen_len, trial, batch_size)
+            completions, per_sample, _ = generate_all(model, self.prompts, gen_len, trial, batch_size, latency=False)
             entropy = unigram_entropy(completions)
             if abs(entropy - target) <= tolerance:
                 break
             lo, hi = (value, hi) if entropy < target else (lo, value)
+        latency = generate_all(model, self.prompts[:1], gen_len, trial, 1)[2]
         label = f"{model.describe(trial)} (entropy matched by {knob})"
         return self.row(label, model.kind, completions, **trial.as_dict(), matched_by=knob,
                         target_entropy_bits=target, seconds_per_sample=per_sample, latency_b1_s=latency)
