@@ -109,3 +109,18 @@ def test_a_small_hybrid_model_overfits_sentences_and_completes_them():
     out = model.generate([s[:2].tolist() for s in ids], 8,
                          SamplingConfig(steps=8, temperature=0, reveal="confidence", seed=3))
     assert out == ids[:, 2:].tolist()
+
+
+def test_the_posterior_input_is_near_a_constant_at_high_noise_and_near_the_token_at_low_noise():
+    """diffusion.latent_input: posterior feeds E[e | x_t] under a flat prior instead of x_t: where the latent
+    says nothing it is about the mean embedding for every token, where it says much it is the token's. (The
+    hybrid schedule keeps latents noisy down to small t, abar(0.001) = 0.73 at d = 8: hence t = 1e-5.)"""
+    model = tiny_dimba(diffusion={**HYBRID, "latent_input": "posterior"})
+    table = model.net.embedding_table()
+    tokens = torch.randint(0, 40, (1, 16))
+    x0 = table[tokens]
+    for t, check in ((0.999, lambda x: (x - table.mean(0)).norm(dim=-1).max() < 0.2 * table.norm(dim=-1).mean()),
+                     (1e-5, lambda x: (x - x0).norm(dim=-1).mean() < 0.1 * table.norm(dim=-1).mean())):
+        tt = torch.full((1,), t)
+        x_in, bias = model.network_inputs(model.schedule.q_sample(x0, tt, torch.randn_like(x0)), tt)
+        assert bias is None and check(x_in), t

@@ -8,6 +8,7 @@ from dimba.config import Config, check, one_of
 from dimba.diffusion.schedules import SCHEDULES
 
 CORRUPTIONS = ("gaussian", "hybrid")
+LATENT_INPUTS = ("raw", "posterior")
 
 
 @dataclass
@@ -23,10 +24,13 @@ class DiffusionConfig(Config):
     ce_weight: float = 1.0  # weight of the rounding cross-entropy on the tied projection
     self_cond_prob: float = 0.5  # share of batches trained with self-conditioning (if the network has it)
     skip_logits: bool = False  # add the exact likelihood of x_t under each token to the logits (Plaid)
+    latent_input: str = "raw"  # what the network reads of a noised token: x_t ("raw"), or E[e | x_t] under a flat
+    #   prior ("posterior": near a constant where x_t says nothing, near the token where it says much)
 
     def __post_init__(self):
         one_of("diffusion.corruption", self.corruption, CORRUPTIONS)
         one_of("diffusion.schedule", self.schedule, SCHEDULES)
+        one_of("diffusion.latent_input", self.latent_input, LATENT_INPUTS)
         check(self.corruption == "gaussian" or not self.time_warp,
               "diffusion.time_warp must be false with the hybrid corruption: it draws t uniformly and weighs "
               "the loss by the ELBO's 1/t")

@@ -89,11 +89,17 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
         t = self.warp.warp(u) if self.warp is not None else u
         return t.clamp(T_MIN, 1.0)
 
-    def likelihood_bias(self, x_t: Tensor, t: Tensor) -> Tensor | None:
-        """The skip-logits term (diffusion.skip_logits) for latents x_t (B, L, d) at t (B,), else None."""
-        if not self.diffusion_config.skip_logits:
-            return None
-        return likelihood_logits(x_t, self.net.embedding_table(), self.schedule.alpha_bar(t))
+    def network_inputs(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(what the network reads for the latents x_t (B, L, d) at t (B,), the logit bias or None): x_t or its
+        posterior mean E[e | x_t] under a flat prior (diffusion.latent_input), and the likelihood of x_t under
+        each token as skip logits (diffusion.skip_logits). Both come from the same exact Gaussian likelihood."""
+        cfg = self.diffusion_config
+        if cfg.latent_input == "raw" and not cfg.skip_logits:
+            return x_t, None
+        table = self.net.embedding_table()
+        likelihood = likelihood_logits(x_t, table, self.schedule.alpha_bar(t))
+        x_in = torch.softmax(likelihood, dim=-1) @ table if cfg.latent_input == "posterior" else x_t
+        return x_in, likelihood if cfg.skip_logits else None
 
     def denoising_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None,
                        self_cond_prob: float, noise: Tensor | None = None, uniforms: Tensor | None = None
@@ -105,10 +111,9 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
         cfg = self.diffusion_config
         x0 = self.net.embed(tokens)
         noise = torch.randn_like(x0) if noise is None else noise
-        x_t = self.schedule.q_sample(x0, t, noise)
+        x_t, bias = self.network_inputs(self.schedule.q_sample(x0, t, noise), t)
         generated = ~prompt_mask
         corrupted = hide(generated, t, uniforms) if self.hybrid else generated
-        bias = self.likelihood_bias(x_t, t)
 
         def net(self_cond):
             return self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt, ~corrupted, bias)
@@ -202,14 +207,14 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
         table = self.net.embedding_table()
         if self.hybrid:
             def denoise(x_t, t, current, clean, self_cond, drop):
-                return net(x_t, t, current, given, self_cond if use_self_cond else None, drop, clean,
-                           self.likelihood_bias(x_t, t))
+                x_in, bias = self.network_inputs(x_t, t)
+                return net(x_in, t, current, given, self_cond if use_self_cond else None, drop, clean, bias)
 
             return hybrid_reverse_diffusion(denoise, sampler, table, cfg, streams, tokens, given, on_step)
 
         def denoise(x_t, t, self_cond, drop):
-            return net(x_t, t, tokens, given, self_cond if use_self_cond else None, drop, None,
-                       self.likelihood_bias(x_t, t))
+            x_in, bias = self.network_inputs(x_t, t)
+            return net(x_in, t, tokens, given, self_cond if use_self_cond else None, drop, None, bias)
 
         report = None if on_step is None else lambda i, guess: on_step(i, torch.where(given, tokens, guess))
         return reverse_diffusion(denoise, sampler, shape, table, cfg, streams, self.warp, report)
