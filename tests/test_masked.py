@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+import dimba as dimba_api
+
 from dimba.diffusion.masking import choose_reveals, hidden_after, hide, stratified_times
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.masked_lm import MaskedLM
@@ -94,3 +96,10 @@ def test_fit_and_predict_through_the_cli(workdir):
                 "--reveal", "confidence", "--show_steps", cwd=workdir)
     assert out.returncode == 0 and out.stdout.startswith("The king") and "[step 3]" in out.stderr, out.stderr
     assert (CONFIGS / "model" / "masked.yaml").exists()
+    folder = workdir / "masked_export"
+    assert dimba("export", "--ckpt_path", ckpt, "--out_dir", folder, cwd=workdir).returncode == 0
+    for path in (ckpt, folder):
+        model = dimba_api.load(path, device="cpu")
+        texts = model.complete(["The king", "Thou"], length=5, seed=2, steps=4)
+        assert len(texts) == 2 and texts == model.complete(["The king", "Thou"], length=5, seed=2, steps=4,
+                                                           batch_size=1)
