@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import dimba as dimba_api
-
 from dimba.diffusion.masking import choose_reveals, hidden_after, hide, stratified_times
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.masked_lm import MaskedLM
