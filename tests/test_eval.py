@@ -50,6 +50,14 @@ def test_eval_refuses_swapped_checkpoints(trained, trained_ar, workdir):
     assert result.returncode == 2 and "--judge_ckpt_path must be an autoregressive model" in result.stderr
 
 
+def test_eval_refuses_an_infill_gap_longer_than_the_text_before_any_work(trained):
+    from tests.helpers import dimba_in_process
+
+    result = dimba_in_process("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained, "--prompt_len", 8,
+                              "--gen_len", 8, "--infill_gap", 16)
+    assert result.returncode == 2 and "--infill_gap must be in 1..15, got 16" in result.stderr
+
+
 def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     out = workdir / "bench"
     result = dimba("bench", "--quick", "--threads", 1, "--ckpt_path", trained, "--ar_ckpt_path", trained_ar,

@@ -96,6 +96,15 @@ def check_args(args) -> None:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     if args.samples < 0:
         raise ConfigError(f"--samples must be >= 0, got {args.samples}")
+    if args.infill_gap and not 0 < args.infill_gap < args.prompt_len + args.gen_len:
+        raise ConfigError(f"--infill_gap must be in 1..{args.prompt_len + args.gen_len - 1}, got {args.infill_gap}")
+
+
+def at_steps_config(model, args) -> SamplingConfig:
+    """The setting of the single-setting measurements (infilling, prompt sensitivity): --at_steps steps where
+    the model has steps, its defaults otherwise."""
+    wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
+    return wanted if wanted.changed() <= model.sampling_options else SamplingConfig(seed=args.seed)
 
 
 def grid(args) -> list[SamplingConfig]:
@@ -172,24 +181,15 @@ def evaluate(args) -> dict:
               | {"judge": judge.num_parameters()},
               "rows": rows}
     if args.infill_gap:
-        if not 0 < args.infill_gap < args.prompt_len + args.gen_len:
-            raise ConfigError(f"--infill_gap must be in 1..{args.prompt_len + args.gen_len - 1}")
-        result["infill"] = []
-        for m, _ in plans:
-            wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
-            cfg = wanted if wanted.changed() <= m.sampling_options else SamplingConfig(seed=args.seed)
-            rows_m = quality.infill_rows(m, cfg, args.infill_gap, args.batch_size)
-            result["infill"] += rows_m if not result["infill"] else rows_m[1:]
+        result["infill"] = [quality.infill_reference_row(args.infill_gap)] + [
+            quality.infill_row(m, at_steps_config(m, args), args.infill_gap, args.batch_size) for m, _ in plans]
     if args.diagnose:
         if model.kind != "dimba":
             raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
         tokens = torch.tensor([p + r for p, r in zip(prompts, refs, strict=True)], device=model.device)
         result["noise_rank"] = noise_rank(model, tokens)
     if args.sensitivity:
-        def sensitivity_config(m):
-            wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
-            return wanted if wanted.changed() <= m.sampling_options else SamplingConfig(seed=args.seed)
-        result["prompt_sensitivity"] = [quality.prompt_sensitivity(m, sensitivity_config(m), args.batch_size)
+        result["prompt_sensitivity"] = [quality.prompt_sensitivity(m, at_steps_config(m, args), args.batch_size)
                                         for m in models]
     return result
 

@@ -291,8 +291,5 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
 
-    def load_state_dict(self, state: dict) -> None:
-        """Checkpoints up to 0.1 saved the data position here; it now follows the global step (ResumableSampler)."""
-
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

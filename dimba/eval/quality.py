@@ -63,22 +63,24 @@ def judge_ppl(judge: LanguageModelBase, prompts, completions) -> float:
 
 
 def generate_all(model: LanguageModelBase, prompts: list[list[int]], gen_len: int, cfg: SamplingConfig,
-                 batch_size: int, latency: bool = True) -> tuple[list[list[int]], float, float | None]:
-    """All completions (example i always draws from stream (seed, i), whatever the batch size), seconds per
-    sample (batched) and batch-1 latency (the first prompt, median of 3; None if not asked for)."""
+                 batch_size: int) -> tuple[list[list[int]], float]:
+    """All completions (example i always draws from stream (seed, i), whatever the batch size) and seconds per
+    sample (batched)."""
     out, began = [], time.perf_counter()
     for lo in range(0, len(prompts), batch_size):
         batch = prompts[lo:lo + batch_size]
         out.extend(model.generate(batch, gen_len, cfg, example_ids=range(lo, lo + len(batch))))
-    per_sample = (time.perf_counter() - began) / len(prompts)
-    if not latency:
-        return out, per_sample, None
+    return out, (time.perf_counter() - began) / len(prompts)
+
+
+def batch1_latency(model: LanguageModelBase, prompt: list[int], gen_len: int, cfg: SamplingConfig) -> float:
+    """Seconds to complete one prompt alone, median of 3."""
     singles = []
     for _ in range(3):
         t0 = time.perf_counter()
-        model.generate(prompts[:1], gen_len, cfg)
+        model.generate([prompt], gen_len, cfg)
         singles.append(time.perf_counter() - t0)
-    return out, per_sample, float(np.median(singles))
+    return float(np.median(singles))
 
 
 def supported(model: LanguageModelBase, configs: Iterable[SamplingConfig]) -> list[SamplingConfig]:
@@ -133,7 +135,8 @@ class QualityEval:
         rows = []
         gen_len = len(self.refs[0])
         for cfg in configs:
-            completions, per_sample, latency = generate_all(model, self.prompts, gen_len, cfg, batch_size)
+            completions, per_sample = generate_all(model, self.prompts, gen_len, cfg, batch_size)
+            latency = batch1_latency(model, self.prompts[0], gen_len, cfg)
             rows.append(self.row(model.describe(cfg), model.kind, completions, **cfg.as_dict(),
                                  seconds_per_sample=per_sample, latency_b1_s=latency))
             if progress is not None:
@@ -155,39 +158,41 @@ class QualityEval:
         for _ in range(tries):
             value = round((lo + hi) / 2, 4)
             trial = dataclasses.replace(cfg, **{knob: value})
-            completions, per_sample, _ = generate_all(model, self.prompts, gen_len, trial, batch_size, latency=False)
+            completions, per_sample = generate_all(model, self.prompts, gen_len, trial, batch_size)
             entropy = unigram_entropy(completions)
             if abs(entropy - target) <= tolerance:
                 break
             lo, hi = (value, hi) if entropy < target else (lo, value)
-        latency = generate_all(model, self.prompts[:1], gen_len, trial, 1)[2]
+        latency = batch1_latency(model, self.prompts[0], gen_len, trial)
         label = f"{model.describe(trial)} (entropy matched by {knob})"
         return self.row(label, model.kind, completions, **trial.as_dict(), matched_by=knob,
                         target_entropy_bits=target, seconds_per_sample=per_sample, latency_b1_s=latency)
 
-    def infill_rows(self, model: LanguageModelBase, cfg: SamplingConfig, gap: int, batch_size: int) -> list[dict]:
-        """Text infilling: each held-out block (prompt + continuation) with `gap` tokens hidden in its middle,
-        filled by the model. Returns the real text's row (once) and the model's: the judge's perplexity of the
-        whole filled text (the judge reads left to right, so the text after the gap tells whether the fill fits)
-        and the share of gap tokens equal to the real ones."""
+    def infill_blocks(self, gap: int) -> tuple[list[list[int]], int]:
+        """The held-out blocks (prompt + continuation) and where a gap of `gap` tokens starts: their middle."""
         blocks = [p + r for p, r in zip(self.prompts, self.refs, strict=True)]
-        length = len(blocks[0])
-        start = (length - gap) // 2
-        given = [[not start <= i < start + gap for i in range(length)] for _ in blocks]
+        return blocks, (len(blocks[0]) - gap) // 2
+
+    def infill_reference_row(self, gap: int) -> dict:
+        """The real text, judged whole as the filled texts are: the floor of the infilling rows."""
+        blocks, _ = self.infill_blocks(gap)
+        return {"label": f"real text (infilling {gap} tokens)", "model": "reference", "infill_gap": gap,
+                "gen_ppl": judge_ppl(self.judge, [[] for _ in blocks], blocks)}
+
+    def infill_row(self, model: LanguageModelBase, cfg: SamplingConfig, gap: int, batch_size: int) -> dict:
+        """Text infilling: each held-out block with `gap` tokens hidden in its middle, filled by the model; the
+        judge's perplexity of the whole filled text (the judge reads left to right, so the text after the gap
+        tells whether the fill fits) and the share of gap tokens equal to the real ones."""
+        blocks, start = self.infill_blocks(gap)
+        given = [[not start <= i < start + gap for i in range(len(b))] for b in blocks]
         filled = []
         for lo in range(0, len(blocks), batch_size):
             hi = min(lo + batch_size, len(blocks))
             filled += model.fill(blocks[lo:hi], given[lo:hi], cfg, example_ids=range(lo, hi))
-        no_prompt = [[] for _ in blocks]
         exact = sum(f[i] == b[i] for f, b in zip(filled, blocks, strict=True) for i in range(start, start + gap))
-
-        def row(label, kind, texts, **extra):
-            ppl = judge_ppl(self.judge, no_prompt, texts)
-            return {"label": label, "model": kind, "infill_gap": gap, "gen_ppl": ppl, **extra}
-
-        return [row(f"real text (infilling {gap} tokens)", "reference", blocks),
-                row(f"{model.describe(cfg)}, infilling {gap} tokens", model.kind, filled,
-                    gap_token_match=exact / (gap * len(blocks)), **cfg.as_dict())]
+        return {"label": f"{model.describe(cfg)}, infilling {gap} tokens", "model": model.kind, "infill_gap": gap,
+                "gen_ppl": judge_ppl(self.judge, [[] for _ in blocks], filled),
+                "gap_token_match": exact / (gap * len(blocks)), **cfg.as_dict()}
 
     def prompt_sensitivity(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int,
                            first: int = 4) -> dict:
@@ -196,7 +201,7 @@ class QualityEval:
         the two agree (real text: the share of equal tokens between different continuations), and the judge's
         nats per token of the first `first` tokens after their own prompt against after another prompt."""
         gen_len = len(self.refs[0])
-        own, _, _ = generate_all(model, self.prompts, gen_len, cfg, batch_size)
+        own, _ = generate_all(model, self.prompts, gen_len, cfg, batch_size)
         shifted_prompts = self.prompts[1:] + self.prompts[:1]
         shifted = []
         for lo in range(0, len(shifted_prompts), batch_size):  # example ids as for `own`: the same noise
