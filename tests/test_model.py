@@ -2,6 +2,7 @@
 
 import warnings
 
+import pytest
 import torch
 
 from dimba.diffusion.masks import random_prefix_mask
@@ -79,6 +80,37 @@ def test_dropped_prompt_hides_the_prompt():
     torch.testing.assert_close(net(x, t, tokens, mask, drop_prompt=drop)[0],
                                net(x, t, other, mask, drop_prompt=drop)[0])
     assert not torch.allclose(net(x, t, tokens, mask)[0], net(x, t, other, mask)[0])
+
+
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_logits_and_x0_hat_are_fp32_under_bf16_autocast(head):
+    net = DimbaDenoiser(MambaConfig(**TINY_NET), DenoiserConfig(d_embed=8, head=head), 40)
+    tokens = torch.randint(0, 40, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, x0_hat = net(torch.randn(2, 8, 8), torch.full((2,), 0.5), tokens, torch.zeros(2, 8, dtype=torch.bool))
+    assert logits.dtype == torch.float32 and x0_hat.dtype == torch.float32
+
+
+def test_the_untied_head_starts_uniform_and_learns_a_per_token_prior():
+    """head: untied maps the backbone's width to the vocabulary with a bias (zero-init: uniform logits, x0_hat
+    the mean embedding); a few Adam steps on a skewed target move the bias towards that marginal, which the
+    tied head of a normalised table cannot express directly."""
+    net = tiny_net(head="untied")
+    assert net.out_proj is None and net.head.bias.shape == (40,)
+    tokens = torch.randint(0, 40, (2, 8))
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    x, t = torch.randn(2, 8, 8, dtype=torch.float64), torch.full((2,), 0.9, dtype=torch.float64)
+    logits, x0_hat = net(x, t, tokens, mask)
+    assert logits.abs().max() == 0
+    torch.testing.assert_close(x0_hat, net.embedding_table().mean(0).expand_as(x0_hat))
+    target = torch.full((2, 8), 7)
+    opt = torch.optim.Adam(net.head.parameters(), lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x, t, tokens, mask)[0].flatten(0, 1), target.flatten()).backward()
+        opt.step()
+    assert net.head.bias.argmax() == 7
+    assert net(x, t, tokens, mask)[0].softmax(-1)[..., 7].min() > 0.9
 
 
 def test_random_prefix_mask_shapes_and_rates():

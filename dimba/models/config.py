@@ -18,6 +18,7 @@ CONDITIONINGS = ("film", "additive")
 COMBINES = ("sum", "concat")
 PROMPT_ENCODERS = ("mlp", "frozen")
 X0_PARAMS = ("softmax", "direct")
+HEADS = ("tied", "untied")
 _MIXER_FIELDS = ("d_state", "headdim", "expand", "d_conv", "ngroups", "chunk_size", "impl")
 
 
@@ -63,6 +64,10 @@ class DenoiserConfig(Config):
     embed_norm: bool = True  # embeddings normalised to norm sqrt(d_embed): unit scale per coordinate
     x0_param: str = "softmax"  # x0_hat = softmax(logits) E ("softmax") or a regression output ("direct")
     self_conditioning: bool = True  # a second input channel carries the previous x0 estimate
+    # "tied": logits = h W_out E^T (the paper; rank d_embed, and with embed_norm every token's logit has the
+    # same scale, so the token marginal is hard to express); "untied": logits = h W + b from the backbone's
+    # width, b the per-token prior. x0_hat stays a point in E's space either way.
+    head: str = "tied"
 
     def __post_init__(self):
         check(self.d_embed >= 1, f"denoiser.d_embed must be >= 1, got {self.d_embed}")
@@ -70,6 +75,7 @@ class DenoiserConfig(Config):
         one_of("denoiser.combine", self.combine, COMBINES)
         one_of("denoiser.prompt_encoder", self.prompt_encoder, PROMPT_ENCODERS)
         one_of("denoiser.x0_param", self.x0_param, X0_PARAMS)
+        one_of("denoiser.head", self.head, HEADS)
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 Embeddings E (vocab x d_embed), optionally normalised to norm sqrt(d_embed) per row so that every
 coordinate has unit scale against unit noise and the schedule's SNR means what it says. The output
-projection is tied to E: logits = h W_out E^T. x0_hat is either the regression output h W_out ("direct",
-the paper) or the expected embedding under the predicted token distribution, softmax(logits) E
-("softmax", CDCD / Plaid score interpolation).
+projection is tied to E: logits = h W_out E^T (or, with `head: untied`, a linear map from the backbone's
+width with a per-token bias: a higher-rank head that can express the token marginal). x0_hat is either the
+regression output h W_out ("direct", the paper) or the expected embedding under the predicted token
+distribution, softmax(logits) E ("softmax", CDCD / Plaid score interpolation).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from dimba.models.blocks import MambaBlock, RMSNorm
 from dimba.models.conditioning import PromptEncoder, TimestepEmbedding
 from dimba.models.config import DenoiserConfig, MambaConfig
-from dimba.precision import upcast
+from dimba.precision import linear_fp32, upcast
 
 
 class DimbaDenoiser(nn.Module):
@@ -43,7 +44,14 @@ class DimbaDenoiser(nn.Module):
                        mlp_ratio=net.mlp_ratio, combine=config.combine, layer_idx=i, **net.mixer_kwargs())
             for i in range(net.n_layers))
         self.norm_f = RMSNorm(d_model)
-        self.out_proj = nn.Linear(d_model, d_embed)
+        needs_out_proj = config.head == "tied" or config.x0_param == "direct"
+        self.out_proj = nn.Linear(d_model, d_embed) if needs_out_proj else None
+        self.head = nn.Linear(d_model, vocab_size) if config.head == "untied" else None
+        if self.head is not None:
+            # Zero-init: uniform logits at the start, like the tied head's near-uniform ones; the bias then
+            # learns the token prior and the weights the context's contribution.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def embedding_table(self) -> Tensor:
         """E as used everywhere (inputs, targets, tied output): (vocab, d_embed), fp32."""
@@ -72,7 +80,7 @@ class DimbaDenoiser(nn.Module):
             logit_bias: (B, L, vocab) added to the logits before x0_hat is formed (e.g. the likelihood of x_t
                 under each token, computed by the diffusion code).
         Returns:
-            logits: (B, L, vocab) fp32 scores of the tied output projection.
+            logits: (B, L, vocab) fp32 scores of the output projection.
             x0_hat: (B, L, d_embed) fp32 estimate of the clean embeddings.
         """
         clean_mask = prompt_mask if clean_mask is None else clean_mask
@@ -90,9 +98,11 @@ class DimbaDenoiser(nn.Module):
         c = self.time_embed(t) + self.prompt_encoder(clean, cond_mask)  # (B, D)
         for block in self.blocks:
             h = block(h, c)
-        out = upcast(self.out_proj(self.norm_f(h)))  # (B, L, De)
-        logits = out @ table.t()  # (B, L, V), fp32: the softmax over a large vocabulary needs the range
-        if logit_bias is not None:
-            logits = logits + logit_bias
-        x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
+        h = self.norm_f(h)
+        out = None if self.out_proj is None else linear_fp32(h, self.out_proj)  # (B, L, De)
+        with torch.autocast(h.device.type, enabled=False):  # fp32 logits and x0_hat (see linear_fp32)
+            logits = out @ table.t() if self.head is None else linear_fp32(h, self.head)  # (B, L, V)
+            if logit_bias is not None:
+                logits = logits + logit_bias
+            x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
         return logits, x0_hat
