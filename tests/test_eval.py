@@ -58,6 +58,53 @@ def test_eval_refuses_an_infill_gap_longer_than_the_text_before_any_work(trained
     assert result.returncode == 2 and "--infill_gap must be in 1..15, got 16" in result.stderr
 
 
+def test_an_interrupted_eval_resumes_where_it_stopped_and_gives_the_straight_rows(trained, trained_ar, workdir,
+                                                                                   monkeypatch):
+    """Ctrl-C during the third setting: the finished ones are in partial.json; the same command again computes
+    only the missing settings, writes what a straight run writes (timings aside) and removes the journal; a
+    command with other prompts reuses nothing."""
+    from dimba.eval.quality import QualityEval
+    from tests.helpers import dimba_in_process
+
+    def run(out, *extra, interrupt_at=0):
+        """`dimba eval` in this process; returns (result, the step counts of the settings it computed)."""
+        computed = []
+
+        def model_row(self, model, cfg, batch_size):
+            computed.append(cfg.steps)
+            if len(computed) == interrupt_at:
+                raise KeyboardInterrupt
+            return real_row(self, model, cfg, batch_size)
+
+        monkeypatch.setattr(QualityEval, "model_row", model_row)
+        result = dimba_in_process("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--source",
+                                  workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8, "--steps",
+                                  "2,4", "--samplers", "ddim", "--guidance", "2", "--at_steps", 2, "--batch_size", 2,
+                                  "--out_dir", workdir / out, *extra)
+        return result, computed
+
+    real_row = QualityEval.model_row
+    straight, computed = run("eval_straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    n_settings = len(computed)
+    assert n_settings == 5  # the defaults, 2 and 4 steps, guidance 2, no self-cond
+    assert run("eval_resumed", interrupt_at=3)[0].returncode == 130
+    saved = json.loads((workdir / "eval_resumed" / "partial.json").read_text())["pieces"]
+    assert sum(key.startswith('["row"') for key in saved) == 2
+    resumed, computed = run("eval_resumed")
+    assert resumed.returncode == 0 and "resuming: 3 finished piece(s)" in resumed.stderr  # references + 2 rows
+    assert len(computed) == n_settings - 2
+    timing = {"seconds_per_sample", "latency_b1_s"}
+    rows = [[{k: v for k, v in r.items() if k not in timing}
+             for r in json.loads((workdir / d / "results.json").read_text())["rows"]]
+            for d in ("eval_straight", "eval_resumed")]
+    assert rows[0] == rows[1]
+    assert not (workdir / "eval_resumed" / "partial.json").exists()
+    run("eval_other", interrupt_at=2)
+    other, computed = run("eval_other", "--num_prompts", 2)
+    assert other.returncode == 0 and "resuming" not in other.stderr and len(computed) == n_settings
+
+
 def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     out = workdir / "bench"
     result = dimba("bench", "--quick", "--threads", 1, "--ckpt_path", trained, "--ar_ckpt_path", trained_ar,

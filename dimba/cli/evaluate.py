@@ -7,6 +7,9 @@ quality_vs_steps.png, quality_vs_entropy.png, quality_vs_latency.png and TensorB
 `dimba eval --task --ckpt_path CKPT`: a model trained on a reasoning task answers the task's test split
 (greedy, at each --steps and reveal order it reads): exact match, accuracy per answer position, Sudoku
 validity; task.json, task.md and task.png in --out_dir. No judge needed.
+
+Interrupted, it loses at most the setting it was on: finished ones are kept in --out_dir/partial.json and read
+back when the same command runs again (`dimba.eval.journal`); settings added to the command are computed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
+from dimba.eval.journal import Journal, file_identity
 from dimba.eval.quality import KNOB_RANGES, QualityEval, held_out_prompts, markdown, supported
 from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig
 from dimba.training.checkpoint import load_for_inference
@@ -123,17 +127,22 @@ def grid(args) -> list[SamplingConfig]:
     return configs
 
 
-def evaluate_on_task(args) -> dict:
-    from dimba.eval.tasks import evaluate_task, greedy_configs, task_of
+def fingerprint(args, *names) -> dict:
+    """What every piece of this evaluation depends on: the checkpoint files and the flags `names`."""
+    return {"checkpoints": [file_identity(getattr(args, k)) for k in ("ckpt_path", "judge_ckpt_path", "ar_ckpt_path")],
+            **{k: getattr(args, k) for k in names}}
+
+
+def evaluate_on_task(args, journal: Journal) -> dict:
+    from dimba.eval.tasks import TaskEval, greedy_configs, task_of
     from dimba.training.checkpoint import read_checkpoint
 
     model = load_for_inference(args.ckpt_path, args.device)
     source, options, seq_len = task_of(model, read_checkpoint(args.ckpt_path))
-    configs = greedy_configs(model, args.steps, args.reveals, args.seed)
-    progress = tqdm(total=len(configs), desc="settings", file=sys.stderr)
-    rows = evaluate_task(model, source, options, seq_len, model_cache(), configs, args.batch_size, args.limit,
-                         progress)
-    progress.close()
+    task = TaskEval(source, options, seq_len, model_cache(), args.limit)
+    rows = [journal.run(["task", cfg.as_dict()], task.row, model, cfg, args.batch_size)
+            for cfg in tqdm(greedy_configs(model, args.steps, args.reveals, args.seed), desc="settings",
+                            file=sys.stderr)]
     return {"settings": vars(args) | {"out_dir": str(args.out_dir)}, "task": {"source": source, "options": options},
             "parameters": {model.kind: model.num_parameters()}, "rows": rows}
 
@@ -144,8 +153,7 @@ def model_cache():
     return cache_dir()
 
 
-def evaluate(args) -> dict:
-    check_args(args)
+def evaluate(args, journal: Journal) -> dict:
     if args.judge_ckpt_path is None:
         raise ConfigError("--judge_ckpt_path is needed (an AR checkpoint that scores the samples), or --task")
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,10 +172,12 @@ def evaluate(args) -> dict:
     if args.ar_ckpt_path:
         ar_grid = [SamplingConfig(seed=args.seed), SamplingConfig(seed=args.seed, top_p=args.ar_top_p)]
         plans.append((models[1], supported(models[1], ar_grid)))
-    rows = quality.references(args.seed)
+    rows = list(journal.run(["references", args.seed], quality.references, args.seed))
     progress = tqdm(total=sum(len(configs) for _, configs in plans), desc="settings", file=sys.stderr)
     for m, configs in plans:
-        rows += quality.model_rows(m, configs, args.batch_size, progress)
+        for cfg in configs:
+            rows.append(journal.run(["row", m.kind, cfg.as_dict()], quality.model_row, m, cfg, args.batch_size))
+            progress.update(1)
     progress.close()
     if args.match_entropy:
         for m, _ in plans:
@@ -175,22 +185,26 @@ def evaluate(args) -> dict:
             steps = args.steps if "steps" in m.sampling_options else [None]
             for n in tqdm(steps, desc=f"entropy matching ({m.short_name})", file=sys.stderr):
                 base = SamplingConfig(seed=args.seed, **({"steps": n} if n is not None else {}))
-                rows.append(quality.match_entropy(m, base, knob, args.batch_size))
+                rows.append(journal.run(["match_entropy", m.kind, knob, base.as_dict()], quality.match_entropy, m,
+                                        base, knob, args.batch_size))
     result = {"settings": vars(args) | {"out_dir": str(args.out_dir)},
               "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
               | {"judge": judge.num_parameters()},
               "rows": rows}
-    if args.infill_gap:
-        result["infill"] = [quality.infill_reference_row(args.infill_gap)] + [
-            quality.infill_row(m, at_steps_config(m, args), args.infill_gap, args.batch_size) for m, _ in plans]
+    gap = args.infill_gap
+    if gap:
+        result["infill"] = [journal.run(["infill_reference", gap], quality.infill_reference_row, gap)] + [
+            journal.run(["infill", m.kind, gap, at_steps_config(m, args).as_dict()], quality.infill_row, m,
+                        at_steps_config(m, args), gap, args.batch_size) for m, _ in plans]
     if args.diagnose:
         if model.kind != "dimba":
             raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
         tokens = torch.tensor([p + r for p, r in zip(prompts, refs, strict=True)], device=model.device)
-        result["noise_rank"] = noise_rank(model, tokens)
+        result["noise_rank"] = journal.run(["noise_rank"], noise_rank, model, tokens)
     if args.sensitivity:
-        result["prompt_sensitivity"] = [quality.prompt_sensitivity(m, at_steps_config(m, args), args.batch_size)
-                                        for m in models]
+        result["prompt_sensitivity"] = [
+            journal.run(["sensitivity", m.kind, at_steps_config(m, args).as_dict()], quality.prompt_sensitivity, m,
+                        at_steps_config(m, args), args.batch_size) for m in models]
     return result
 
 
@@ -237,8 +251,12 @@ def write_task_outputs(result: dict, out: Path) -> None:
 
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
+    check_args(args)
     if args.task:
-        check_args(args)
-        write_task_outputs(evaluate_on_task(args), args.out_dir)
+        journal = Journal(args.out_dir, fingerprint(args, "task", "limit", "batch_size"))
+        write_task_outputs(evaluate_on_task(args, journal), args.out_dir)
     else:
-        write_outputs(evaluate(args), args.out_dir)
+        journal = Journal(args.out_dir, fingerprint(args, "source", "num_prompts", "prompt_len", "gen_len",
+                                                     "samples", "batch_size"))
+        write_outputs(evaluate(args, journal), args.out_dir)
+    journal.close()

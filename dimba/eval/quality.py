@@ -130,18 +130,13 @@ class QualityEval:
         rows.append(self.row("random tokens by corpus frequency", "random", random_tokens))
         return rows
 
-    def model_rows(self, model: LanguageModelBase, configs: list[SamplingConfig], batch_size: int, progress=None
-                   ) -> list[dict]:
-        rows = []
+    def model_row(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int) -> dict:
+        """The row of one sampling setting: judged quality, diversity, throughput and latency at batch 1."""
         gen_len = len(self.refs[0])
-        for cfg in configs:
-            completions, per_sample = generate_all(model, self.prompts, gen_len, cfg, batch_size)
-            latency = batch1_latency(model, self.prompts[0], gen_len, cfg)
-            rows.append(self.row(model.describe(cfg), model.kind, completions, **cfg.as_dict(),
-                                 seconds_per_sample=per_sample, latency_b1_s=latency))
-            if progress is not None:
-                progress.update(1)
-        return rows
+        completions, per_sample = generate_all(model, self.prompts, gen_len, cfg, batch_size)
+        latency = batch1_latency(model, self.prompts[0], gen_len, cfg)
+        return self.row(model.describe(cfg), model.kind, completions, **cfg.as_dict(),
+                        seconds_per_sample=per_sample, latency_b1_s=latency)
 
     def match_entropy(self, model: LanguageModelBase, cfg: SamplingConfig, knob: str, batch_size: int,
                       tolerance: float = 0.05, tries: int = 7) -> dict:

@@ -39,19 +39,21 @@ def sudoku_valid_share(predicted: np.ndarray, vocab: list[str]) -> float:
     return float(np.mean([Sudoku6.satisfies_constraints([vocab[t] for t in row[37:73]]) for row in predicted]))
 
 
-def evaluate_task(model: LanguageModelBase, source: str, options: dict, seq_len: int, cache, configs, batch_size: int,
-                  limit: int | None = None, progress=None) -> list[dict]:
-    """One row per sampling config: exact match, position accuracy (and Sudoku validity), seconds per example."""
-    arrays = task_split_arrays(source, options, seq_len, cache)
-    tokens, given = arrays["test_tokens"], arrays["test_given"]
-    if limit:
-        tokens, given = tokens[:limit], given[:limit]
-    vocab = task_tokenizer().hf.get_vocab()
-    inverse = [None] * len(vocab)
-    for tok, i in vocab.items():
-        inverse[i] = tok
-    rows = []
-    for cfg in configs:
+class TaskEval:
+    """The test split of a task (its first `limit` instances); `row` scores one sampling setting."""
+
+    def __init__(self, source: str, options: dict, seq_len: int, cache, limit: int | None = None):
+        arrays = task_split_arrays(source, options, seq_len, cache)
+        self.source = source
+        self.tokens, self.given = arrays["test_tokens"][:limit], arrays["test_given"][:limit]
+        ids = task_tokenizer().hf.get_vocab()  # token -> id
+        self.vocab = [None] * len(ids)  # id -> token
+        for tok, i in ids.items():
+            self.vocab[i] = tok
+
+    def row(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int) -> dict:
+        """Exact match, position accuracy (and Sudoku validity), seconds per example, one decoded example."""
+        tokens, given, vocab = self.tokens, self.given, self.vocab
         began = time.perf_counter()
         predicted = []
         for lo in range(0, len(tokens), batch_size):
@@ -61,15 +63,12 @@ def evaluate_task(model: LanguageModelBase, source: str, options: dict, seq_len:
         row = {"label": model.describe(cfg), "model": model.kind, **cfg.as_dict(),
                **answer_accuracy(predicted, tokens, given), "examples": len(tokens),
                "seconds_per_example": (time.perf_counter() - began) / len(tokens)}
-        if source == TASK_PREFIX + Sudoku6.name:
-            row["valid_solutions"] = sudoku_valid_share(predicted, inverse)
-        row["sample"] = {"question": " ".join(inverse[t] for t, g in zip(tokens[0], given[0], strict=True) if g),
-                         "answer": " ".join(inverse[t] for t, g in zip(predicted[0], given[0], strict=True) if not g),
-                         "truth": " ".join(inverse[t] for t, g in zip(tokens[0], given[0], strict=True) if not g)}
-        rows.append(row)
-        if progress is not None:
-            progress.update(1)
-    return rows
+        if self.source == TASK_PREFIX + Sudoku6.name:
+            row["valid_solutions"] = sudoku_valid_share(predicted, vocab)
+        row["sample"] = {"question": " ".join(vocab[t] for t, g in zip(tokens[0], given[0], strict=True) if g),
+                         "answer": " ".join(vocab[t] for t, g in zip(predicted[0], given[0], strict=True) if not g),
+                         "truth": " ".join(vocab[t] for t, g in zip(tokens[0], given[0], strict=True) if not g)}
+        return row
 
 
 def greedy_configs(model: LanguageModelBase, steps: list[int], reveals: list[str], seed: int) -> list[SamplingConfig]:
