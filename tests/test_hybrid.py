@@ -99,12 +99,14 @@ def test_the_hybrid_sampler_reveals_on_schedule_and_ends_on_the_oracle(reveal):
     assert all(torch.equal(c["tokens"][c["clean"]], target[c["clean"]]) for c in calls)
 
 
-def test_a_small_hybrid_model_overfits_sentences_and_completes_them():
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_a_small_hybrid_model_overfits_sentences_and_completes_them(head):
     """Learning test: prompted with the first two words, the hybrid model writes the other eight exactly."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     vocab, ids = sentence_ids()
-    model, _ = overfit(DimbaLM(net=LEARNING_NET, denoiser=dict(d_embed=16), diffusion={**HYBRID, "skip_logits": True},
+    model, _ = overfit(DimbaLM(net=LEARNING_NET, denoiser=dict(d_embed=16, head=head),
+                               diffusion={**HYBRID, "skip_logits": True},
                                prompt=dict(prompt_prob=0.9, cfg_dropout=0.0), vocab_size=vocab, seq_len=10), ids, 400)
     out = model.generate([s[:2].tolist() for s in ids], 8,
                          SamplingConfig(steps=8, temperature=0, reveal="confidence", seed=3))
