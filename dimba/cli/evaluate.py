@@ -191,11 +191,12 @@ def evaluate(args, journal: Journal) -> dict:
               "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
               | {"judge": judge.num_parameters()},
               "rows": rows}
+    at_steps = {m.kind: at_steps_config(m, args) for m in models}
     gap = args.infill_gap
     if gap:
         result["infill"] = [journal.run(["infill_reference", gap], quality.infill_reference_row, gap)] + [
-            journal.run(["infill", m.kind, gap, at_steps_config(m, args).as_dict()], quality.infill_row, m,
-                        at_steps_config(m, args), gap, args.batch_size) for m, _ in plans]
+            journal.run(["infill", m.kind, gap, at_steps[m.kind].as_dict()], quality.infill_row, m,
+                        at_steps[m.kind], gap, args.batch_size) for m in models]
     if args.diagnose:
         if model.kind != "dimba":
             raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
@@ -203,8 +204,8 @@ def evaluate(args, journal: Journal) -> dict:
         result["noise_rank"] = journal.run(["noise_rank"], noise_rank, model, tokens)
     if args.sensitivity:
         result["prompt_sensitivity"] = [
-            journal.run(["sensitivity", m.kind, at_steps_config(m, args).as_dict()], quality.prompt_sensitivity, m,
-                        at_steps_config(m, args), args.batch_size) for m in models]
+            journal.run(["sensitivity", m.kind, at_steps[m.kind].as_dict()], quality.prompt_sensitivity, m,
+                        at_steps[m.kind], args.batch_size) for m in models]
     return result
 
 

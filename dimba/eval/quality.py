@@ -73,6 +73,17 @@ def generate_all(model: LanguageModelBase, prompts: list[list[int]], gen_len: in
     return out, (time.perf_counter() - began) / len(prompts)
 
 
+def fill_all(model: LanguageModelBase, tokens: list[list[int]], given: list[list[bool]], cfg: SamplingConfig,
+             batch_size: int) -> list[list[int]]:
+    """Every row of `tokens` with its positions not `given` filled by the model, in batches (example i draws
+    from stream (seed, i), whatever the batch size)."""
+    filled = []
+    for lo in range(0, len(tokens), batch_size):
+        hi = min(lo + batch_size, len(tokens))
+        filled += model.fill(tokens[lo:hi], given[lo:hi], cfg, example_ids=range(lo, hi))
+    return filled
+
+
 def batch1_latency(model: LanguageModelBase, prompt: list[int], gen_len: int, cfg: SamplingConfig) -> float:
     """Seconds to complete one prompt alone, median of 3."""
     singles = []
@@ -180,10 +191,7 @@ class QualityEval:
         tells whether the fill fits) and the share of gap tokens equal to the real ones."""
         blocks, start = self.infill_blocks(gap)
         given = [[not start <= i < start + gap for i in range(len(b))] for b in blocks]
-        filled = []
-        for lo in range(0, len(blocks), batch_size):
-            hi = min(lo + batch_size, len(blocks))
-            filled += model.fill(blocks[lo:hi], given[lo:hi], cfg, example_ids=range(lo, hi))
+        filled = fill_all(model, blocks, given, cfg, batch_size)
         exact = sum(f[i] == b[i] for f, b in zip(filled, blocks, strict=True) for i in range(start, start + gap))
         return {"label": f"{model.describe(cfg)}, infilling {gap} tokens", "model": model.kind, "infill_gap": gap,
                 "gen_ppl": judge_ppl(self.judge, [[] for _ in blocks], filled),

@@ -10,6 +10,7 @@ import numpy as np
 
 from dimba.data.tasks import TASK_PREFIX, Sudoku6, task_split_arrays, task_tokenizer
 from dimba.errors import DimbaError
+from dimba.eval.quality import fill_all
 from dimba.sampling import SamplingConfig
 from dimba.training.base import LanguageModelBase
 
@@ -55,11 +56,7 @@ class TaskEval:
         """Exact match, position accuracy (and Sudoku validity), seconds per example, one decoded example."""
         tokens, given, vocab = self.tokens, self.given, self.vocab
         began = time.perf_counter()
-        predicted = []
-        for lo in range(0, len(tokens), batch_size):
-            hi = min(lo + batch_size, len(tokens))
-            predicted += model.fill(tokens[lo:hi].tolist(), given[lo:hi].tolist(), cfg, example_ids=range(lo, hi))
-        predicted = np.asarray(predicted)
+        predicted = np.asarray(fill_all(model, tokens.tolist(), given.tolist(), cfg, batch_size))
         row = {"label": model.describe(cfg), "model": model.kind, **cfg.as_dict(),
                **answer_accuracy(predicted, tokens, given), "examples": len(tokens),
                "seconds_per_example": (time.perf_counter() - began) / len(tokens)}
