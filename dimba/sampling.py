@@ -17,6 +17,7 @@ from dimba.errors import ConfigError
 
 SAMPLERS = ("ddim", "ddpm")
 REVEAL_ORDERS = ("random", "confidence")
+LATENT_TARGETS = ("mean", "sample")
 
 
 def _option(default, help: str, **extra):
@@ -41,6 +42,10 @@ class SamplingConfig:
                                          "less diverse text)")
     reveal: str = _option("random", "which hidden tokens a committing sampler reveals first: random, or "
                                     "confidence (the most probable first)", choices=REVEAL_ORDERS)
+    latent_target: str = _option("mean", "where a committing sampler moves the still-hidden latents each step: mean "
+                                          "(the x0 estimate, softmax(logits / x0_temperature) E), or sample (the "
+                                          "embedding of a token drawn from the logits, as CANDI's cached sampler)",
+                                 choices=LATENT_TARGETS)
     warped_steps: bool = _option(True, "space the steps by the learned time warp when the model has one")
     seed: int | None = _option(0, "random seed; every example has its own stream, derived from the seed and "
                                   "the example's index, so results do not depend on the batch size")
@@ -60,6 +65,8 @@ class SamplingConfig:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.x0_temperature > 0, f"x0_temperature must be > 0, got {self.x0_temperature}"),
             (self.reveal in REVEAL_ORDERS, f"reveal must be one of {REVEAL_ORDERS}, got {self.reveal!r}"),
+            (self.latent_target in LATENT_TARGETS,
+             f"latent_target must be one of {LATENT_TARGETS}, got {self.latent_target!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -86,6 +93,32 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         kind = {"int": int, "float": float, "str": str, "int | None": int}[f.type]
         group.add_argument(f"--{f.name}", type=kind, default=f.default, choices=meta.get("choices"),
                            help=f"{meta['help']} (default: {f.default})")
+
+
+def parse_overrides(text: str) -> dict:
+    """`KEY=VALUE[,KEY=VALUE...]` -> typed SamplingConfig fields, checked (e.g. `reveal=confidence,eta=0.5`).
+    Raises argparse.ArgumentTypeError (a usage error) for an unknown name or a bad value."""
+    types = {f.name: f.type for f in fields(SamplingConfig) if f.name != "seed"}
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=VALUE with NAME one of {', '.join(types)}")
+        kind = types[name]
+        try:
+            if kind == "bool":
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                out[name] = value.lower() == "true"
+            else:
+                out[name] = {"int": int, "float": float, "str": str}[kind](value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be of type {kind}, got {value!r}") from None
+    try:
+        SamplingConfig(**out)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return out
 
 
 def sampling_config_from_args(args: argparse.Namespace) -> SamplingConfig:

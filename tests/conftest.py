@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.corpus import write_text_corpus
-from tests.helpers import ckpt_dir, dimba, fit_args
+from tests.helpers import CONFIGS, ckpt_dir, dimba, fit_args
 
 # Two cores with another process around: busy-waiting OpenMP threads slow every op several-fold.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -48,5 +48,15 @@ def trained_ar(workdir):
     result = dimba(*fit_args(workdir, "ar", config=("base.yaml", "ar.yaml")), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "ar", "ar") / "last.ckpt"
+    assert ckpt.exists()
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def trained_hybrid(workdir):
+    """A tiny DIMBA checkpoint with the hybrid corruption (`--model configs/model/hybrid.yaml`), by `dimba fit`."""
+    result = dimba(*fit_args(workdir, "hybrid", "--model", CONFIGS / "model" / "hybrid.yaml"), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = ckpt_dir(workdir, "hybrid") / "last.ckpt"
     assert ckpt.exists()
     return ckpt

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.helpers import dimba
+from tests.helpers import assert_clean_failure, dimba
 
 
 def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
@@ -42,6 +42,28 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     for name in ("results.md", "quality_vs_steps.png", "quality_vs_entropy.png", "quality_vs_latency.png"):
         assert (out / name).stat().st_size > 0
     assert list(out.glob("events.out.tfevents*"))
+
+
+def test_eval_of_a_hybrid_model_at_a_base_sampling_setting(trained_hybrid, trained, trained_ar, workdir):
+    out = workdir / "eval_hybrid"
+    result = dimba("eval", "--ckpt_path", trained_hybrid, "--judge_ckpt_path", trained_ar, "--source",
+                   workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8, "--steps", "2",
+                   "--samplers", "ddim", "--guidance", "", "--reveals", "random", "--sampling", "latent_target=sample",
+                   "--match_entropy", "temperature", "--at_steps", 2, "--batch_size", 2, "--sensitivity",
+                   "--out_dir", out, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    rows = [r for r in data["rows"] if r.get("model") == "dimba"]
+    assert len(rows) == 4 and {r["latent_target"] for r in rows} == {"sample"}  # 32 and 2 steps, no self-cond, matched
+    assert [r["matched_by"] for r in rows if r.get("matched_by")] == ["temperature"]
+    label = data["prompt_sensitivity"][0]["label"]
+    assert label == "DIMBA hybrid ddim 2 steps, reveal random, latents towards the sample"
+    refused = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling",
+                    "latent_target=sample", "--out_dir", workdir / "eval_refused", cwd=workdir)
+    assert_clean_failure(refused, "--sampling sets latent_target, which DIMBA (gaussian diffusion) does not read")
+    unknown = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling", "speed=3",
+                    cwd=workdir)
+    assert unknown.returncode == 2 and "'speed=3' is not NAME=VALUE" in unknown.stderr
 
 
 def test_eval_refuses_swapped_checkpoints(trained, trained_ar, workdir):

@@ -99,6 +99,29 @@ def test_the_hybrid_sampler_reveals_on_schedule_and_ends_on_the_oracle(reveal):
     assert all(torch.equal(c["tokens"][c["clean"]], target[c["clean"]]) for c in calls)
 
 
+@pytest.mark.parametrize("latent_target", ["mean", "sample"])
+def test_hidden_latents_step_towards_the_x0_estimate_or_the_drawn_tokens_embedding(latent_target):
+    table = torch.eye(4) * 2
+    target = torch.tensor([[2, 0, 1, 3]])
+    seen_x = []
+
+    def denoise(x, t, tokens, clean, self_cond, drop):
+        seen_x.append(x.clone())
+        logits = torch.nn.functional.one_hot(target, 4).float() * 50  # sure of the target...
+        return logits, torch.full((1, 4, 4), 0.5)  # ...with an x0 estimate that is a blend, not an embedding
+
+    sampler = DDIMSampler(NoiseSchedule("rank", d_embed=4))
+    cfg = SamplingConfig(steps=4, temperature=0, latent_target=latent_target, self_condition=False)
+    hybrid_reverse_diffusion(denoise, sampler, table, cfg, ExampleStreams(0, [0]), torch.zeros(1, 4, dtype=torch.long),
+                             torch.zeros(1, 4, dtype=torch.bool))
+    times = sampler.timesteps(4)
+    toward = table[target] if latent_target == "sample" else torch.full((1, 4, 4), 0.5)
+    expected = sampler.step(seen_x[0], toward, float(times[0]), float(times[1]))
+    still_hidden = (seen_x[1] != table[target]).any(-1)  # the 3 of 4 not revealed by the first step
+    assert int(still_hidden.sum()) == 3
+    torch.testing.assert_close(seen_x[1][still_hidden], expected[still_hidden])
+
+
 @pytest.mark.parametrize("head", ["tied", "untied"])
 def test_a_small_hybrid_model_overfits_sentences_and_completes_them(head):
     """Learning test: prompted with the first two words, the hybrid model writes the other eight exactly."""

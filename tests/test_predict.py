@@ -132,6 +132,14 @@ def test_show_steps_prints_the_reveal(trained):
     assert result.returncode == 0 and [f"[step {i}]" in result.stderr for i in (1, 2, 3)] == [True] * 3
 
 
+def test_a_hybrid_model_predicts_with_either_latent_target_and_shows_its_reveal(trained_hybrid):
+    runs = {target: predict(trained_hybrid, "--prompt", "The king", "--length", 6, "--steps", 3, "--latent_target",
+                            target, "--show_steps") for target in ("mean", "sample")}
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.startswith("The king") and "[step 3]" in result.stderr
+
+
 def test_non_utf8_prompts_are_read_with_a_warning(trained, tmp_path):
     prompts = tmp_path / "latin1.txt"
     prompts.write_bytes("caf\xe9 king\n".encode("latin-1"))

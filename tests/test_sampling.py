@@ -1,6 +1,7 @@
 """SamplingConfig (one place for names, defaults and checks), per-example random streams, token draws."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -43,3 +44,18 @@ def test_sampling_config_refuses_bad_settings_in_one_line(bad):
 def test_changed_names_the_options_that_differ_from_their_defaults():
     assert SamplingConfig(seed=3).changed() == set()
     assert SamplingConfig(steps=8, guidance=2.0).changed() == {"steps", "guidance"}
+
+
+def test_overrides_parse_typed_names_and_refuse_bad_ones_in_one_line():
+    from argparse import ArgumentTypeError
+
+    from dimba.sampling import parse_overrides
+
+    assert parse_overrides("reveal=confidence,eta=0.5,steps=8,self_condition=false") == {
+        "reveal": "confidence", "eta": 0.5, "steps": 8, "self_condition": False}
+    assert parse_overrides("") == {}
+    for bad, message in [("temperature", "not NAME=VALUE"), ("speed=3", "not NAME=VALUE"),
+                         ("steps=two", "steps must be of type int"), ("eta=3", "eta must be in [0, 1]"),
+                         ("self_condition=yes", "self_condition must be of type bool"), ("seed=1", "not NAME=VALUE")]:
+        with pytest.raises(ArgumentTypeError, match=re.escape(message)):
+            parse_overrides(bad)

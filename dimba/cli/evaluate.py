@@ -26,7 +26,7 @@ from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
 from dimba.eval.journal import Journal, file_identity
 from dimba.eval.quality import KNOB_RANGES, QualityEval, held_out_prompts, markdown, supported
-from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig
+from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig, parse_overrides
 from dimba.training.checkpoint import load_for_inference
 
 
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_ps", type=csv_list(float), default=[], help="extra top-p values at --at_steps")
     p.add_argument("--reveals", type=csv_list(str, REVEAL_ORDERS), default=list(REVEAL_ORDERS),
                    help="reveal orders of committing samplers, at every step count")
+    p.add_argument("--sampling", type=parse_overrides, default={}, metavar="NAME=VALUE,...",
+                   help="the evaluated model's base setting, under every row, entropy matching and the single-setting "
+                        "measurements (e.g. reveal=confidence or latent_target=sample; names as in dimba predict)")
     p.add_argument("--match_entropy", choices=sorted(KNOB_RANGES), default=None,
                    help="also, at each step count (and for the AR baseline), set this knob by bisection so that the "
                         "samples' entropy matches the real continuation's")
@@ -104,16 +107,23 @@ def check_args(args) -> None:
         raise ConfigError(f"--infill_gap must be in 1..{args.prompt_len + args.gen_len - 1}, got {args.infill_gap}")
 
 
-def at_steps_config(model, args) -> SamplingConfig:
-    """The setting of the single-setting measurements (infilling, prompt sensitivity): --at_steps steps where
-    the model has steps, its defaults otherwise."""
-    wanted = SamplingConfig(seed=args.seed, steps=args.at_steps)
-    return wanted if wanted.changed() <= model.sampling_options else SamplingConfig(seed=args.seed)
+def at_steps_config(model, args, base: dict) -> SamplingConfig:
+    """The setting of the single-setting measurements (infilling, prompt sensitivity): `base` (--sampling for
+    the evaluated model, nothing for the AR baseline) at --at_steps steps where the model has steps."""
+    wanted = SamplingConfig(seed=args.seed, **(base | {"steps": args.at_steps}))
+    return wanted if wanted.changed() <= model.sampling_options else SamplingConfig(seed=args.seed, **base)
+
+
+def check_base_setting(model, args) -> None:
+    """--sampling may only set what the evaluated model reads (its rows would silently vanish otherwise)."""
+    unread = sorted(SamplingConfig(**args.sampling).changed() - model.sampling_options)
+    if unread:
+        raise ConfigError(f"--sampling sets {', '.join(unread)}, which {model.display_name} does not read")
 
 
 def grid(args) -> list[SamplingConfig]:
     """Every setting the flags ask for; `supported` keeps those the model reads."""
-    config = lambda **kw: SamplingConfig(seed=args.seed, **kw)
+    config = lambda **kw: SamplingConfig(seed=args.seed, **(args.sampling | kw))
     configs = [config()]
     for sampler in args.samplers:
         for steps in (args.ddpm_steps or args.steps) if sampler == "ddpm" else args.steps:
@@ -138,10 +148,11 @@ def evaluate_on_task(args, journal: Journal) -> dict:
     from dimba.training.checkpoint import read_checkpoint
 
     model = load_for_inference(args.ckpt_path, args.device)
+    check_base_setting(model, args)
     source, options, seq_len = task_of(model, read_checkpoint(args.ckpt_path))
     task = TaskEval(source, options, seq_len, model_cache(), args.limit)
     rows = [journal.run(["task", cfg.as_dict()], task.row, model, cfg, args.batch_size)
-            for cfg in tqdm(greedy_configs(model, args.steps, args.reveals, args.seed), desc="settings",
+            for cfg in tqdm(greedy_configs(model, args.steps, args.reveals, args.seed, args.sampling), desc="settings",
                             file=sys.stderr)]
     return {"settings": vars(args) | {"out_dir": str(args.out_dir)}, "task": {"source": source, "options": options},
             "parameters": {model.kind: model.num_parameters()}, "rows": rows}
@@ -158,6 +169,7 @@ def evaluate(args, journal: Journal) -> dict:
         raise ConfigError("--judge_ckpt_path is needed (an AR checkpoint that scores the samples), or --task")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model = load_for_inference(args.ckpt_path, args.device)
+    check_base_setting(model, args)
     judge = load_for_inference(args.judge_ckpt_path, args.device)
     if not judge.can_score:
         raise DimbaError(f"--judge_ckpt_path must be an autoregressive model; it holds {judge.display_name}, "
@@ -184,14 +196,15 @@ def evaluate(args, journal: Journal) -> dict:
             knob = args.match_entropy if args.match_entropy in m.sampling_options else "top_p"
             steps = args.steps if "steps" in m.sampling_options else [None]
             for n in tqdm(steps, desc=f"entropy matching ({m.short_name})", file=sys.stderr):
-                base = SamplingConfig(seed=args.seed, **({"steps": n} if n is not None else {}))
+                base = SamplingConfig(seed=args.seed, **((args.sampling if m is model else {})
+                                                         | ({"steps": n} if n is not None else {})))
                 rows.append(journal.run(["match_entropy", m.kind, knob, base.as_dict()], quality.match_entropy, m,
                                         base, knob, args.batch_size))
     result = {"settings": vars(args) | {"out_dir": str(args.out_dir)},
               "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
               | {"judge": judge.num_parameters()},
               "rows": rows}
-    at_steps = {m.kind: at_steps_config(m, args) for m in models}
+    at_steps = {m.kind: at_steps_config(m, args, args.sampling if m is model else {}) for m in models}
     gap = args.infill_gap
     if gap:
         result["infill"] = [journal.run(["infill_reference", gap], quality.infill_reference_row, gap)] + [

@@ -11,7 +11,9 @@ diffusion learns from); a pure Gaussian corruption has one or the other at any t
 Sampling starts with every generated token corrupted (pure noise at t = 1). Each step from t to s reveals a
 (t - s)/t share of the still-corrupted tokens (`dimba.diffusion.masking`), drawn from the x0 logits (at the
 sampling `temperature`, with top-p), and moves the others' latents one DDIM step towards the current x0
-estimate (sharpened by `x0_temperature`, as in Gaussian DIMBA).
+estimate (sharpened by `x0_temperature`, as in Gaussian DIMBA), or, with `latent_target: sample`, towards the
+embedding of the token drawn for them this step (CANDI's cached sampler): training only ever noises real
+embeddings, which the mean of an uncertain x0 estimate is not (it is shorter, a blend of many tokens).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
     with guidance); returns (B, L).
 
     Revealed tokens are drawn from the logits at cfg.temperature (0: argmax) with top_p; cfg.reveal picks random
-    positions or the most probable first; the hidden latents step towards softmax(logits / x0_temperature) E.
+    positions or the most probable first; the hidden latents step towards softmax(logits / x0_temperature) E
+    (cfg.latent_target "mean") or towards the embedding of this step's draw ("sample").
     on_step(i, tokens) gets the tokens so far, -1 where still hidden.
     """
     batch, length = tokens.shape
@@ -78,7 +81,8 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
         tokens = torch.where(reveal, draws, tokens)
         hidden &= ~reveal
         noise = streams.randn(length, table.shape[1]) if sampler.eta > 0 and s > 0 else None
-        x = torch.where(hidden[..., None], sampler.step(x, x0_hat, t, s, noise), table[tokens])
+        target = table[draws] if cfg.latent_target == "sample" else x0_hat
+        x = torch.where(hidden[..., None], sampler.step(x, target, t, s, noise), table[tokens])
         self_cond = torch.where(hidden[..., None], x0_hat, table[tokens]) if cfg.self_condition else None
         if on_step is not None:
             on_step(i, tokens.masked_fill(hidden, -1))

@@ -78,7 +78,7 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
     def sampling_options(self) -> frozenset[str]:
         if self.hybrid:
             return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "temperature", "top_p",
-                              "x0_temperature", "reveal"})
+                              "x0_temperature", "reveal", "latent_target"})
         return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from", "temperature",
                           "top_p", "x0_temperature", "warped_steps"})
 
@@ -189,6 +189,7 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
         reveal random"."""
         return (f"DIMBA {'hybrid ' if self.hybrid else ''}{cfg.sampler} {cfg.steps} steps"
                 + (f", reveal {cfg.reveal}" if self.hybrid else "")
+                + (f", latents towards the {cfg.latent_target}" if cfg.latent_target != "mean" else "")
                 + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else "")
                 + (f", x0 temperature {cfg.x0_temperature}" if cfg.x0_temperature != 1 else "")
                 + (f", temperature {cfg.temperature}" if cfg.temperature != 1 else "")
