@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dimba.diffusion.masks import random_prefix_mask
+from dimba.errors import ConfigError
 from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.models.denoiser import DimbaDenoiser
 from dimba.sampling import SamplingConfig
@@ -42,8 +43,12 @@ def test_blocks_start_as_identity():
         torch.testing.assert_close(b(h, c), h)
 
 
-def test_no_gradient_from_target_through_the_prompt_encoder():
-    net = tiny_net()
+WIDE = dict(head="untied", wide_input=True)
+
+
+@pytest.mark.parametrize("kw", [{}, WIDE], ids=["latent_input", "wide_input"])
+def test_no_gradient_from_target_through_the_prompt_encoder(kw):
+    net = tiny_net(**kw)
     # adaLN-Zero blocks are the identity at init, so nothing would reach the output: make them do something.
     for b in net.blocks:
         torch.nn.init.normal_(b.modulation.weight, std=0.1)
@@ -65,8 +70,9 @@ def test_no_gradient_from_target_through_the_prompt_encoder():
     assert not torch.allclose(net(x, t, tokens, mask)[0], net(x, t, other, mask)[0])
 
 
-def test_dropped_prompt_hides_the_prompt():
-    net = tiny_net()
+@pytest.mark.parametrize("kw", [{}, WIDE], ids=["latent_input", "wide_input"])
+def test_dropped_prompt_hides_the_prompt(kw):
+    net = tiny_net(**kw)
     for b in net.blocks:
         torch.nn.init.normal_(b.modulation.weight, std=0.1)
     tokens = torch.randint(0, 40, (1, 8))
@@ -80,6 +86,29 @@ def test_dropped_prompt_hides_the_prompt():
     torch.testing.assert_close(net(x, t, tokens, mask, drop_prompt=drop)[0],
                                net(x, t, other, mask, drop_prompt=drop)[0])
     assert not torch.allclose(net(x, t, tokens, mask)[0], net(x, t, other, mask)[0])
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_wide_input_carries_clean_tokens_past_the_latent_space(wide):
+    """With the latent path cut (in_proj zero) and no prompt (the prompt encoder sees nothing), a revealed
+    token reaches the output only through the wide input (the untied head's rows)."""
+    net = tiny_net(head="untied", wide_input=wide)
+    for b in net.blocks:
+        torch.nn.init.normal_(b.modulation.weight, std=0.1)
+    torch.nn.init.normal_(net.head.weight, std=0.1)
+    torch.nn.init.zeros_(net.in_proj.weight)
+    tokens = torch.randint(0, 40, (1, 8))
+    other = tokens.clone()
+    other[:, 1] = (tokens[:, 1] + 1) % 40
+    no_prompt = torch.zeros(1, 8, dtype=torch.bool)
+    revealed = torch.zeros(1, 8, dtype=torch.bool)
+    revealed[:, :3] = True
+    x, t = torch.randn(1, 8, 8, dtype=torch.float64), torch.full((1,), 0.4, dtype=torch.float64)
+    a = net(x, t, tokens, no_prompt, clean_mask=revealed)[0]
+    b = net(x, t, other, no_prompt, clean_mask=revealed)[0]
+    assert not torch.allclose(a, b) if wide else torch.equal(a, b)
+    with pytest.raises(ConfigError, match="wide_input needs denoiser.head: untied"):
+        DenoiserConfig(wide_input=True)
 
 
 @pytest.mark.parametrize("head", ["tied", "untied"])

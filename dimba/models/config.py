@@ -68,9 +68,15 @@ class DenoiserConfig(Config):
     # same scale, so the token marginal is hard to express); "untied": logits = h W + b from the backbone's
     # width, b the per-token prior. x0_hat stays a point in E's space either way.
     head: str = "tied"
+    # Clean tokens (prompt, revealed) also enter through the untied head's rows, a d_model-wide embedding
+    # shared with the output as the AR and masked models share theirs; without it a clean token reaches the
+    # backbone only as its d_embed-wide point in the diffusion space.
+    wide_input: bool = False
 
     def __post_init__(self):
         check(self.d_embed >= 1, f"denoiser.d_embed must be >= 1, got {self.d_embed}")
+        check(not self.wide_input or self.head == "untied", "denoiser.wide_input needs denoiser.head: untied "
+                                                              "(its rows are the wide embedding)")
         one_of("denoiser.conditioning", self.conditioning, CONDITIONINGS)
         one_of("denoiser.combine", self.combine, COMBINES)
         one_of("denoiser.prompt_encoder", self.prompt_encoder, PROMPT_ENCODERS)

@@ -3,7 +3,8 @@
 Embeddings E (vocab x d_embed), optionally normalised to norm sqrt(d_embed) per row so that every
 coordinate has unit scale against unit noise and the schedule's SNR means what it says. The output
 projection is tied to E: logits = h W_out E^T (or, with `head: untied`, a linear map from the backbone's
-width with a per-token bias: a higher-rank head that can express the token marginal). x0_hat is either the
+width with a per-token bias: a higher-rank head that can express the token marginal; with `wide_input` its rows
+are also a d_model-wide input embedding of the clean tokens). x0_hat is either the
 regression output h W_out ("direct", the paper) or the expected embedding under the predicted token
 distribution, softmax(logits) E ("softmax", CDCD / Plaid score interpolation).
 """
@@ -47,10 +48,15 @@ class DimbaDenoiser(nn.Module):
         needs_out_proj = config.head == "tied" or config.x0_param == "direct"
         self.out_proj = nn.Linear(d_model, d_embed) if needs_out_proj else None
         self.head = nn.Linear(d_model, vocab_size) if config.head == "untied" else None
+        self.wide_input = config.wide_input
         if self.head is not None:
             # Zero-init: uniform logits at the start, like the tied head's near-uniform ones; the bias then
-            # learns the token prior and the weights the context's contribution.
-            nn.init.zeros_(self.head.weight)
+            # learns the token prior and the weights the context's contribution. As a shared input table the
+            # rows must differ from the start (small, as the masked model's embedding): near-uniform logits still.
+            if self.wide_input:
+                nn.init.normal_(self.head.weight, std=0.02)
+            else:
+                nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def embedding_table(self) -> Tensor:
@@ -95,6 +101,9 @@ class DimbaDenoiser(nn.Module):
             sc = torch.zeros_like(x_in) if self_cond is None else self_cond.to(x_in.dtype)
             x_in = torch.cat([x_in, sc.masked_fill(clean_mask[..., None], 0.0)], dim=-1)
         h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(clean_mask.long())  # (B, L, D)
+        if self.wide_input:
+            shown = clean_mask if drop_prompt is None else clean_mask & ~(drop_prompt[:, None] & prompt_mask)
+            h = h + F.embedding(prompt_tokens, self.head.weight).to(h.dtype) * shown[..., None]
         c = self.time_embed(t) + self.prompt_encoder(clean, cond_mask)  # (B, D)
         for block in self.blocks:
             h = block(h, c)
