@@ -122,13 +122,14 @@ def test_hidden_latents_step_towards_the_x0_estimate_or_the_drawn_tokens_embeddi
     torch.testing.assert_close(seen_x[1][still_hidden], expected[still_hidden])
 
 
-@pytest.mark.parametrize("head", ["tied", "untied"])
+@pytest.mark.parametrize("head", [dict(head="tied"), dict(head="untied"), dict(head="untied", wide_input=True)],
+                         ids=["tied", "untied", "untied_wide_input"])
 def test_a_small_hybrid_model_overfits_sentences_and_completes_them(head):
     """Learning test: prompted with the first two words, the hybrid model writes the other eight exactly."""
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     vocab, ids = sentence_ids()
-    model, _ = overfit(DimbaLM(net=LEARNING_NET, denoiser=dict(d_embed=16, head=head),
+    model, _ = overfit(DimbaLM(net=LEARNING_NET, denoiser=dict(d_embed=16, **head),
                                diffusion={**HYBRID, "skip_logits": True},
                                prompt=dict(prompt_prob=0.9, cfg_dropout=0.0), vocab_size=vocab, seq_len=10), ids, 400)
     out = model.generate([s[:2].tolist() for s in ids], 8,
