@@ -236,4 +236,4 @@ def test_bench_builds_each_kind_from_stacked_configs_as_the_cli_does():
     assert masked.kind == "masked" and masked.net_config.n_layers == 3
     hybrid = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "hybrid.yaml")
     assert hybrid.hybrid and hybrid.denoiser_config.d_embed == 64 and hybrid.denoiser_config.head == "untied"
-    assert hybrid.diffusion_config.skip_logits
+    assert hybrid.diffusion_config.skip_logits and hybrid.denoiser_config.wide_input and hybrid.net_config.n_layers == 2
