@@ -214,11 +214,19 @@ def test_compare_curves_plots_steps_of_several_runs(tmp_path):
         return folder
 
     runs = [run("gauss", "dimba", {8: 4000.0, 32: 3000.0}), run("mdlm", "masked", {8: 900.0, 32: 800.0})]
+    results = json.loads((runs[1] / "results.json").read_text())
+    results["rows"] += [{**r, "gen_ppl": r["gen_ppl"] / 2, "matched_by": "temperature"} for r in results["rows"][2:]]
+    (runs[1] / "results.json").write_text(json.dumps(results))
     out = tmp_path / "curves.png"
-    result = subprocess.run([sys.executable, "-m", "dimba.eval.compare", *map(str, runs), "--curves", "--out",
-                             str(out)], capture_output=True, text=True)
+    compare = lambda *flags: subprocess.run([sys.executable, "-m", "dimba.eval.compare", *map(str, runs), "--curves",
+                                             *flags, "--out", str(out)], capture_output=True, text=True)
+    result = compare()
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 10_000
+    assert result.stdout.splitlines()[:3] == ["gauss: dimba ddim random", "mdlm: masked ddim random",
+                                              "mdlm: masked ddim random (entropy matched by temperature)"]
+    matched = compare("--matched_only")
+    assert matched.stdout.splitlines() == ["mdlm: masked ddim random (entropy matched by temperature)", str(out)]
     both = subprocess.run([sys.executable, "-m", "dimba.eval.compare", str(runs[0]), "--curves", "--row", "x",
                            "--out", str(out)], capture_output=True, text=True)
     assert both.returncode == 2 and "not allowed with" in both.stderr

@@ -3,7 +3,7 @@
 --row LABEL: that row of each run, gen-PPL against entropy, one point per run, with the real continuation and
 random tokens as references, plus a Markdown table and a few samples.
 --curves: gen-PPL against denoising steps, one line per run (and per sampler / reveal order), with each run's
-AR rows as horizontal lines.
+AR rows as horizontal lines; `--matched_only`: only the rows at real text's entropy.
 
     python -m dimba.eval.compare runs/eval_abl_paper runs/eval_abl_norm --row "DIMBA ddim 32 steps" \\
         --out docs/img/ladder.png
@@ -47,11 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--row", help="the row label to compare, e.g. 'DIMBA ddim 32 steps'")
     mode.add_argument("--curves", action="store_true", help="gen-PPL against steps, one line per run")
+    parser.add_argument("--matched_only", action="store_true",
+                        help="with --curves: only the rows at real text's entropy (dimba eval --match_entropy), the "
+                             "ones comparable across models")
     parser.add_argument("--out", type=Path, required=True, help="PNG path; .md (table and samples) written beside")
     args = parser.parse_args(argv)
+    if args.matched_only and not args.curves:
+        parser.error("--matched_only goes with --curves")
     try:
         if args.curves:
             runs = {folder.name: read_rows(folder) for folder in args.eval_dirs}
+            if args.matched_only:
+                runs = {name: [r for r in rows if r.get("matched_by") or r["model"] in ("reference", "random")]
+                        for name, rows in runs.items()}
         else:
             rows = pick_rows(args.eval_dirs, args.row)
     except DimbaError as err:
@@ -60,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         from dimba.eval.plots import steps_across_runs
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        steps_across_runs(runs, args.out)
-        print(args.out)
+        fig = steps_across_runs(runs, args.out)
+        print("\n".join(fig.axes[0].get_legend_handles_labels()[1] + [str(args.out)]))
         return
 
     from dimba.eval.plots import quality_vs_entropy
