@@ -18,6 +18,7 @@ from dimba.errors import ConfigError
 SAMPLERS = ("ddim", "ddpm")
 REVEAL_ORDERS = ("random", "confidence")
 LATENT_TARGETS = ("mean", "sample")
+STEP_SPACINGS = ("uniform", "cosine")
 
 
 def _option(default, help: str, **extra):
@@ -46,6 +47,9 @@ class SamplingConfig:
                                           "(the x0 estimate, softmax(logits / x0_temperature) E), or sample (the "
                                           "embedding of a token drawn from the logits, as CANDI's cached sampler)",
                                  choices=LATENT_TARGETS)
+    step_spacing: str = _option("uniform", "a committing sampler's time grid: uniform in t, or cosine (t = sin(pi/2 u) "
+                                           "for uniform u: short steps near t = 1, so the first tokens are committed a "
+                                           "few at a time, as MaskGIT's cosine schedule)", choices=STEP_SPACINGS)
     warped_steps: bool = _option(True, "space the steps by the learned time warp when the model has one")
     seed: int | None = _option(0, "random seed; every example has its own stream, derived from the seed and "
                                   "the example's index, so results do not depend on the batch size")
@@ -65,6 +69,8 @@ class SamplingConfig:
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.x0_temperature > 0, f"x0_temperature must be > 0, got {self.x0_temperature}"),
             (self.reveal in REVEAL_ORDERS, f"reveal must be one of {REVEAL_ORDERS}, got {self.reveal!r}"),
+            (self.step_spacing in STEP_SPACINGS,
+             f"step_spacing must be one of {STEP_SPACINGS}, got {self.step_spacing!r}"),
             (self.latent_target in LATENT_TARGETS,
              f"latent_target must be one of {LATENT_TARGETS}, got {self.latent_target!r}"),
         ]

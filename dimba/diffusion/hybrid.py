@@ -18,6 +18,7 @@ embeddings, which the mean of an uncertain x0 estimate is not (it is shorter, a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -54,7 +55,8 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
 
     Revealed tokens are drawn from the logits at cfg.temperature (0: argmax) with top_p; cfg.reveal picks random
     positions or the most probable first; the hidden latents step towards softmax(logits / x0_temperature) E
-    (cfg.latent_target "mean") or towards the embedding of this step's draw ("sample").
+    (cfg.latent_target "mean") or towards the embedding of this step's draw ("sample"). cfg.step_spacing
+    "cosine" puts the steps at t = sin(pi/2 u), u uniform: fewer reveals per step at the start.
     on_step(i, tokens) gets the tokens so far, -1 where still hidden.
     """
     batch, length = tokens.shape
@@ -62,6 +64,8 @@ def hybrid_reverse_diffusion(denoise: HybridDenoise, sampler: DDIMSampler, table
     hidden = ~given
     n_hidden = hidden.sum(1)  # (B,): each example reveals its own share per step
     times = sampler.timesteps(cfg.steps)
+    if cfg.step_spacing == "cosine":  # hidden share = t still holds at every step; only the grid changes
+        times = torch.sin(times * (math.pi / 2))
     drop_all = torch.ones(batch, dtype=torch.bool, device=x.device)
     self_cond = None
     for i in range(cfg.steps):

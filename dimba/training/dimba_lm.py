@@ -78,7 +78,7 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
     def sampling_options(self) -> frozenset[str]:
         if self.hybrid:
             return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "temperature", "top_p",
-                              "x0_temperature", "reveal", "latent_target"})
+                              "x0_temperature", "reveal", "latent_target", "step_spacing"})
         return frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from", "temperature",
                           "top_p", "x0_temperature", "warped_steps"})
 
@@ -190,6 +190,7 @@ class DimbaLM(FixedTimeValidation, LanguageModelBase):
         return (f"DIMBA {'hybrid ' if self.hybrid else ''}{cfg.sampler} {cfg.steps} steps"
                 + (f", reveal {cfg.reveal}" if self.hybrid else "")
                 + (f", latents towards the {cfg.latent_target}" if cfg.latent_target != "mean" else "")
+                + (f", {cfg.step_spacing} steps" if cfg.step_spacing != "uniform" else "")
                 + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else "")
                 + (f", x0 temperature {cfg.x0_temperature}" if cfg.x0_temperature != 1 else "")
                 + (f", temperature {cfg.temperature}" if cfg.temperature != 1 else "")
