@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.corpus import write_text_corpus
-from tests.helpers import CONFIGS, ckpt_dir, dimba, fit_args
+from tests.helpers import ckpt_dir, dimba, fit_args
 
 # Two cores with another process around: busy-waiting OpenMP threads slow every op several-fold.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -34,7 +34,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(workdir):
-    """A tiny DIMBA checkpoint written by `dimba fit`."""
+    """A tiny Gaussian DIMBA checkpoint written by `dimba fit --model configs/model/gaussian.yaml`."""
     result = dimba(*fit_args(workdir, "run"), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "run") / "last.ckpt"
@@ -45,7 +45,7 @@ def trained(workdir):
 @pytest.fixture(scope="session")
 def trained_ar(workdir):
     """A tiny AR-baseline checkpoint written by `dimba fit --config base.yaml --config ar.yaml`."""
-    result = dimba(*fit_args(workdir, "ar", config=("base.yaml", "ar.yaml")), cwd=workdir)
+    result = dimba(*fit_args(workdir, "ar", config=("base.yaml", "ar.yaml"), model=None), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "ar", "ar") / "last.ckpt"
     assert ckpt.exists()
@@ -54,8 +54,8 @@ def trained_ar(workdir):
 
 @pytest.fixture(scope="session")
 def trained_hybrid(workdir):
-    """A tiny DIMBA checkpoint with the hybrid corruption (`--model configs/model/hybrid.yaml`), by `dimba fit`."""
-    result = dimba(*fit_args(workdir, "hybrid", "--model", CONFIGS / "model" / "hybrid.yaml"), cwd=workdir)
+    """A tiny DIMBA checkpoint of the default config (the hybrid corruption), by `dimba fit`."""
+    result = dimba(*fit_args(workdir, "hybrid", model=None), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "hybrid") / "last.ckpt"
     assert ckpt.exists()

@@ -62,9 +62,14 @@ def dimba_in_process(*args) -> InProcessResult:
     return InProcessResult(code, out.getvalue(), err.getvalue())
 
 
-def fit_args(root, name, *extra, config=("base.yaml",)):
-    """A few steps of a tiny model on the test corpus, logging under root/name; `config`: the stack before tiny.yaml."""
+def fit_args(root, name, *extra, config=("base.yaml",), model="gaussian.yaml"):
+    """A few steps of a tiny model on the test corpus, logging under root/name; `config`: the stack before tiny.yaml;
+    `model`: a file of configs/model/ given with --model after it (None: the stack's own model). The default pins
+    the Gaussian DIMBA (the paper's corruption), whose samplers, warp and guidance most tests check; the default
+    config's model, the hybrid, is `model=None`."""
     configs = [a for c in ((config,) if isinstance(config, str) else config) for a in ("--config", CONFIGS / c)]
+    if model is not None:
+        configs += ["--model", CONFIGS / "model" / model]
     return ["fit", *configs, "--config", CONFIGS / "tiny.yaml", "--data.source", root / "corpus",
             "--trainer.default_root_dir", root / name, "--trainer.logger.init_args.save_dir", root / name, *extra]
 

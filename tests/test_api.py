@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import dimba
+from dimba.diffusion.config import DiffusionConfig
 from dimba.errors import ConfigError, DimbaError
+from dimba.models.config import MambaConfig
 from dimba.sampling import SamplingConfig
 from dimba.training.checkpoint import load_for_inference, read_checkpoint, upgrade_hparams
 from tests.helpers import REPO, assert_clean_failure, dimba_in_process
@@ -112,13 +114,18 @@ def test_resuming_fit_from_a_checkpoint_of_a92ad64(workdir, tmp_path):
     result = dimba_in_process(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = torch.load(ckpt_dir(tmp_path, "") / "last.ckpt", weights_only=True)
-    assert resumed["global_step"] == 5 and resumed["hyper_parameters"]["denoiser"]["d_embed"] == 8
+    hparams = resumed["hyper_parameters"]
+    assert resumed["global_step"] == 5 and hparams["denoiser"]["d_embed"] == 8
+    # Settings added since are the old code's (Gaussian, tied head), not base.yaml's (hybrid, untied).
+    assert hparams["diffusion"]["corruption"] == "gaussian" and hparams["denoiser"]["head"] == "tied"
+    assert hparams["diffusion"]["time_warp"] and not hparams["denoiser"]["wide_input"]
 
 
 def test_unknown_or_broken_checkpoints_are_refused_in_one_line(trained, tmp_path):
     hp = upgrade_hparams({"_class_path": "dimba.lit_module.DimbaLM", "d_model": 16, "vocab_size": 9})
-    assert hp == {"_class_path": "dimba.training.dimba_lm.DimbaLM", "vocab_size": 9, "net": {"d_model": 16},
-                  "denoiser": {}, "diffusion": {}, "prompt": {}, "optim": {}}
+    assert hp["_class_path"] == "dimba.training.dimba_lm.DimbaLM" and hp["vocab_size"] == 9
+    # What the checkpoint does not name takes the class's defaults (the behaviour of the code that wrote it).
+    assert hp["net"] == {**MambaConfig().to_dict(), "d_model": 16} and hp["diffusion"] == DiffusionConfig().to_dict()
     with pytest.raises(DimbaError, match="settings this version does not know: warp_speed"):
         upgrade_hparams({"_class_path": "dimba.lit_ar.ARLM", "warp_speed": 9})
     ckpt = torch.load(trained, map_location="cpu", weights_only=True)

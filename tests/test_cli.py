@@ -134,14 +134,15 @@ def test_resume_with_another_tokenizer(trained, workdir):
 def test_ddp_validation_reduces_every_rank(trained, trained_ar, workdir, kind):
     """Two CPU ranks validating one batch each report what one process reports over the same two batches:
     the torchmetrics aggregates are reduced over ranks (rank 0's own values would differ)."""
-    ckpt, config = (trained, ("base.yaml",)) if kind == "dimba" else (trained_ar, ("base.yaml", "ar.yaml"))
+    ckpt, config, model = ((trained, ("base.yaml",), "gaussian.yaml") if kind == "dimba"
+                           else (trained_ar, ("base.yaml", "ar.yaml"), None))
     results = {}
     for name, extra in (("single", ["--trainer.limit_val_batches", "2"]),
                         ("ddp", ["--trainer.limit_val_batches", "1", "--trainer.accelerator", "cpu",
                                  "--trainer.devices", "2", "--trainer.strategy", "ddp"])):
         record = workdir / f"val_{kind}_{name}.json"
         args = fit_args(workdir, f"val_{kind}_{name}", "--ckpt_path", ckpt, *extra,
-                        "--trainer.callbacks+=tests.helpers.RecordMetrics", config=config)
+                        "--trainer.callbacks+=tests.helpers.RecordMetrics", config=config, model=model)
         args[0] = "validate"
         result = dimba(*args, cwd=workdir, env_extra={"DIMBA_TEST_RECORD": str(record)})
         assert result.returncode == 0, result.stderr[-3000:]

@@ -242,6 +242,9 @@ def test_bench_builds_each_kind_from_stacked_configs_as_the_cli_does():
     assert ar.kind == "ar" and ar.net_config.n_layers == 6 and ar.net_config.chunk_size == 64
     masked = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "masked.yaml")
     assert masked.kind == "masked" and masked.net_config.n_layers == 3
-    hybrid = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "hybrid.yaml")
+    hybrid = config_model(CONFIGS / "base.yaml")  # the default: base.yaml names configs/model/hybrid.yaml
     assert hybrid.hybrid and hybrid.denoiser_config.d_embed == 64 and hybrid.denoiser_config.head == "untied"
     assert hybrid.diffusion_config.skip_logits and hybrid.denoiser_config.wide_input and hybrid.net_config.n_layers == 2
+    gaussian = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "gaussian.yaml")
+    assert not gaussian.hybrid and gaussian.denoiser_config.head == "tied" and gaussian.net_config.n_layers == 3
+    assert gaussian.diffusion_config.time_warp and not gaussian.denoiser_config.wide_input

@@ -86,7 +86,7 @@ def test_a_small_model_overfits_sentences_and_completes_them(reveal):
 
 
 def test_fit_and_predict_through_the_cli(workdir):
-    result = dimba(*fit_args(workdir, "masked", config=("base.yaml", "masked.yaml")), cwd=workdir)
+    result = dimba(*fit_args(workdir, "masked", config=("base.yaml", "masked.yaml"), model=None), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "masked", "masked") / "last.ckpt"
     hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]

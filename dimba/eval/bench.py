@@ -31,6 +31,8 @@ def config_model(*paths: Path, vocab_size: int = 4096, seq_len: int = 128) -> La
     for path in paths:
         cfg = yaml.safe_load(path.read_text())
         cfg = cfg.get("model", cfg)
+        if isinstance(cfg, str):  # `model: model/hybrid.yaml`: a file relative to the config, as jsonargparse reads it
+            cfg = yaml.safe_load((path.parent / cfg).read_text())
         if cfg.get("class_path", model) != model:  # another kind: keep what it accepts, as LightningCLI does
             model = cfg["class_path"]
             accepted = inspect.signature(model_class(model).__init__).parameters

@@ -4,12 +4,14 @@ hyper-parameters of older versions to today's layout, and build the model on any
 from __future__ import annotations
 
 import importlib
+import inspect
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
+from dimba.config import Config
 from dimba.errors import DimbaError
 from dimba.training.base import LanguageModelBase
 from dimba.training.export import read_export
@@ -41,14 +43,29 @@ def upgrade_hparams(hparams: dict) -> dict:
     hp["_class_path"] = path = MOVED_CLASSES.get(path, path)
     layout = FLAT_LAYOUTS.get(path)
     if layout is None or "net" in hp:
-        return hp
+        return with_defaults(hp)
     new = {"_class_path": path, **{k: hp.pop(k) for k in ("vocab_size", "seq_len") if k in hp}}
     hp.pop("_class_path")
     for group, names in layout.items():
         new[group] = {name: hp.pop(name) for name in names if name in hp}
     if hp:
         raise DimbaError(f"the checkpoint has settings this version does not know: {', '.join(sorted(hp))}")
-    return new
+    return with_defaults(new)
+
+
+def with_defaults(hp: dict) -> dict:
+    """Every config setting the checkpoint does not name, at its model class's default: options added after a
+    checkpoint was written default to the behaviour of the code that wrote it (the Gaussian corruption, the tied
+    head, ...). `dimba fit --ckpt_path` merges these hyper-parameters over the config files, so without this a
+    run resumed with today's configs/base.yaml would take the missing settings from it (the hybrid corruption)."""
+    try:
+        cls = model_class(hp["_class_path"])
+    except DimbaError:  # refused with this message when the model is built
+        return hp
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if isinstance(param.default, Config) and isinstance(hp.get(name, {}), dict):
+            hp[name] = {**param.default.to_dict(), **hp.get(name, {})}
+    return hp
 
 
 def read_checkpoint(path: str | Path) -> dict:
