@@ -121,6 +121,30 @@ def test_resuming_fit_from_a_checkpoint_of_a92ad64(workdir, tmp_path):
     assert hparams["diffusion"]["time_warp"] and not hparams["denoiser"]["wide_input"]
 
 
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_the_old_behaviour(trained, workdir, tmp_path):
+    """A checkpoint of today's layout written before `corruption`/`head`/`wide_input` existed (the Gaussian
+    model's era), resumed with the default config (the hybrid, untied, wide): it stays what it was."""
+    from tests.helpers import CONFIGS, ckpt_dir
+
+    ckpt = torch.load(trained, map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    for group, name in (("diffusion", "corruption"), ("diffusion", "skip_logits"), ("denoiser", "head"),
+                        ("denoiser", "wide_input")):
+        del hp[group][name]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    steps = ckpt["global_step"] + 2
+    args = ["fit", "--config", CONFIGS / "base.yaml", "--config", CONFIGS / "tiny.yaml", "--data.source",
+            workdir / "corpus", "--trainer.max_steps", steps, "--trainer.default_root_dir", tmp_path,
+            "--trainer.logger.init_args.save_dir", tmp_path, "--ckpt_path", old]
+    result = dimba_in_process(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(ckpt_dir(tmp_path, "") / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == steps
+    assert resumed["hyper_parameters"]["diffusion"]["corruption"] == "gaussian"
+    assert resumed["hyper_parameters"]["denoiser"]["head"] == "tied"
+
+
 def test_unknown_or_broken_checkpoints_are_refused_in_one_line(trained, tmp_path):
     hp = upgrade_hparams({"_class_path": "dimba.lit_module.DimbaLM", "d_model": 16, "vocab_size": 9})
     assert hp["_class_path"] == "dimba.training.dimba_lm.DimbaLM" and hp["vocab_size"] == 9
