@@ -232,6 +232,23 @@ def test_compare_curves_plots_steps_of_several_runs(tmp_path):
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
+def test_step_curves_draw_the_ar_level_of_every_run_with_its_name(tmp_path):
+    """Two AR checkpoints (1000 and 2000 steps) give rows with the same label: both levels are drawn, each named
+    by its run, labels at the left edge of the axes."""
+    from dimba.eval.plots import steps_across_runs
+
+    ref = {"label": "real continuation", "model": "reference", "gen_ppl": 50.0}
+    curve = [{"label": f"dimba {n}", "model": "dimba", "steps": n, "sampler": "ddim", "reveal": "random",
+              "gen_ppl": 400.0 / n, "guidance": 1.0, "self_condition": True} for n in (8, 32)]
+    runs = {name: [ref, {"label": "AR, top-p 0.8", "model": "ar", "gen_ppl": ppl}, *curve]
+            for name, ppl in (("ar1000", 34.0), ("ar2000", 20.0))}
+    ax = steps_across_runs(runs, tmp_path / "c.png").axes[0]
+    labels = {t.get_text(): t.xy for t in ax.texts}
+    assert labels == {"real continuation": (0.01, 50.0), "ar1000: AR, top-p 0.8": (0.01, 34.0),
+                      "ar2000: AR, top-p 0.8": (0.01, 20.0)}
+    assert sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":") == [20.0, 34.0, 50.0]
+
+
 def test_bench_builds_each_kind_from_stacked_configs_as_the_cli_does():
     """`dimba bench` without checkpoints: configs/base.yaml, then a model file of another kind keeps the shared
     backbone sizes it does not set and drops what the new kind does not take (as LightningCLI does)."""

@@ -91,10 +91,10 @@ def quality_vs_entropy(rows: list[dict], path: Path) -> plt.Figure:
 
 
 def steps_across_runs(runs: dict[str, list[dict]], path: Path) -> plt.Figure:
-    """gen-PPL (log) against denoising steps, one line per run and curve; AR rows and the real continuation as
-    horizontal lines (from the first run that has them)."""
+    """gen-PPL (log) against denoising steps, one line per run and curve; every run's AR rows (named by run) and
+    the real continuation as labelled horizontal lines."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn_refs = set()
+    levels = {}  # label -> gen-PPL; the real continuation is the same in every run
     for i, (name, rows) in enumerate(runs.items()):
         curves = [r for r in rows if is_step_curve(r)]
         for j, curve in enumerate(sorted({curve_name(r) for r in curves})):
@@ -102,10 +102,12 @@ def steps_across_runs(runs: dict[str, list[dict]], path: Path) -> plt.Figure:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if j == 0 else "s--", color=f"C{i}",
                     label=f"{name}: {curve}")
         for r in rows:
-            if r["model"] in REFERENCE_KINDS and r["label"] not in drawn_refs and r["model"] != "random":
-                drawn_refs.add(r["label"])
-                ax.axhline(r["gen_ppl"], ls=":", color="gray")
-                ax.annotate(r["label"], (ax.get_xlim()[0], r["gen_ppl"]), fontsize=6, va="bottom")
+            if r["model"] in REFERENCE_KINDS and r["model"] != "random":
+                levels.setdefault(r["label"] if r["model"] == "reference" else f"{name}: {r['label']}", r["gen_ppl"])
+    for label, ppl in levels.items():
+        ax.axhline(ppl, ls=":", color="gray")
+        # x in axes fraction: the label sits at the left edge whatever the step range turns out to be.
+        ax.annotate(label, (0.01, ppl), xycoords=ax.get_yaxis_transform(), fontsize=6, va="bottom")
     ax.set(xscale="log", yscale="log", xlabel="denoising steps", ylabel="gen-PPL (judge)")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.legend(fontsize=6)
