@@ -31,6 +31,8 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     infill = data["infill"]
     assert [r["model"] for r in infill] == ["reference", "dimba", "ar"] and all(r["infill_gap"] == 4 for r in infill)
     assert all(0 <= r["gap_token_match"] <= 1 for r in infill[1:]) and infill[0]["gen_ppl"] > 1
+    assert all(r["fill_nats"] > 0 and r["after_gap_nats"] > 0 for r in infill)
+    assert "| label | gen_ppl | fill_nats | after_gap_nats | gap_token_match |" in (out / "results.md").read_text()
     sensitivity = {r["label"]: r for r in data["prompt_sensitivity"]}
     assert set(sensitivity) == {"DIMBA ddim 2 steps", "AR, temperature 1"}
     for r in sensitivity.values():

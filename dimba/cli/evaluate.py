@@ -25,7 +25,7 @@ from tqdm import tqdm
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
 from dimba.eval.journal import Journal, file_identity
-from dimba.eval.quality import KNOB_RANGES, QualityEval, held_out_prompts, markdown, supported
+from dimba.eval.quality import INFILL_COLUMNS, KNOB_RANGES, QualityEval, held_out_prompts, markdown, supported
 from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig, parse_overrides
 from dimba.training.checkpoint import load_for_inference
 
@@ -236,7 +236,8 @@ def write_outputs(result: dict, out: Path) -> None:
         table += "".join("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
                          + " |\n" for r in result["prompt_sensitivity"])
     if result.get("infill"):
-        table += "\nInfilling (the judge's perplexity of the whole filled text)\n\n" + markdown(result["infill"])
+        table += ("\nInfilling (the judge's perplexity of the whole filled text; its nats per token on the gap and on "
+                  "the text after it)\n\n" + markdown(result["infill"], INFILL_COLUMNS))
     if result.get("noise_rank"):
         keys = list(result["noise_rank"][0])
         table += "\nNoise level diagnostics\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"

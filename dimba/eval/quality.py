@@ -25,6 +25,7 @@ from dimba.training.base import LanguageModelBase
 KNOB_RANGES = {"temperature": (0.3, 1.5), "x0_temperature": (0.3, 1.5), "top_p": (0.3, 1.0)}
 COLUMNS = ["label", "gen_ppl", "entropy_bits", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "repeat_4",
            "seconds_per_sample", "latency_b1_s"]
+INFILL_COLUMNS = ["label", "gen_ppl", "fill_nats", "after_gap_nats", "gap_token_match"]
 
 
 def held_out_prompts(tokenizer, source: str, prompt_len: int, gen_len: int, n: int, work_dir: Path):
@@ -45,7 +46,7 @@ def held_out_prompts(tokenizer, source: str, prompt_len: int, gen_len: int, n: i
 
 def judge_nll(judge: LanguageModelBase, prompts, completions, first: int | None = None) -> tuple[float, int]:
     """Summed judge NLL (nats) of each completion (or of its first `first` tokens) given EOS + its prompt."""
-    eos = judge.tokenizer.eos_id
+    eos = judge.eos_id
     nll, count = 0.0, 0
     for p, c in zip(prompts, completions, strict=True):
         c = c if first is None else c[:first]
@@ -55,6 +56,12 @@ def judge_nll(judge: LanguageModelBase, prompts, completions, first: int | None 
         a, b = judge.score(seq, mask)
         nll, count = nll + a, count + b
     return nll, count
+
+
+def span_nats(judge: LanguageModelBase, rows: list[list[int]], lo: int, hi: int) -> float:
+    """The judge's nats per token of every row's tokens lo..hi-1 given EOS + the row's tokens before lo."""
+    nll, count = judge_nll(judge, [r[:lo] for r in rows], [r[lo:hi] for r in rows])
+    return nll / count
 
 
 def judge_ppl(judge: LanguageModelBase, prompts, completions) -> float:
@@ -112,10 +119,10 @@ def prompt_agreement(completions_a: list[list[int]], completions_b: list[list[in
     return same / max(total, 1)
 
 
-def markdown(rows: list[dict]) -> str:
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+def markdown(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else ("" if v is None else str(v))
-    return head + "".join("| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |\n" for r in rows)
+    return head + "".join("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
 
 
 class QualityEval:
@@ -181,21 +188,28 @@ class QualityEval:
 
     def infill_reference_row(self, gap: int) -> dict:
         """The real text, judged whole as the filled texts are: the floor of the infilling rows."""
-        blocks, _ = self.infill_blocks(gap)
+        blocks, start = self.infill_blocks(gap)
         return {"label": f"real text (infilling {gap} tokens)", "model": "reference", "infill_gap": gap,
-                "gen_ppl": judge_ppl(self.judge, [[] for _ in blocks], blocks)}
+                **self.infill_scores(blocks, start, gap)}
+
+    def infill_scores(self, texts: list[list[int]], start: int, gap: int) -> dict:
+        """The judge's perplexity of each whole text, its nats per token on the gap (does the fill follow what
+        precedes it?) and on the `gap` tokens after the gap (does what follows fit the fill? a fill that saw
+        only its left context is not chosen for it)."""
+        return {"gen_ppl": judge_ppl(self.judge, [[] for _ in texts], texts),
+                "fill_nats": span_nats(self.judge, texts, start, start + gap),
+                "after_gap_nats": span_nats(self.judge, texts, start + gap, start + 2 * gap)}
 
     def infill_row(self, model: LanguageModelBase, cfg: SamplingConfig, gap: int, batch_size: int) -> dict:
         """Text infilling: each held-out block with `gap` tokens hidden in its middle, filled by the model; the
-        judge's perplexity of the whole filled text (the judge reads left to right, so the text after the gap
-        tells whether the fill fits) and the share of gap tokens equal to the real ones."""
+        judge's scores of the filled text (`infill_scores`) and the share of gap tokens equal to the real ones."""
         blocks, start = self.infill_blocks(gap)
         given = [[not start <= i < start + gap for i in range(len(b))] for b in blocks]
         filled = fill_all(model, blocks, given, cfg, batch_size)
         exact = sum(f[i] == b[i] for f, b in zip(filled, blocks, strict=True) for i in range(start, start + gap))
         return {"label": f"{model.describe(cfg)}, infilling {gap} tokens", "model": model.kind, "infill_gap": gap,
-                "gen_ppl": judge_ppl(self.judge, [[] for _ in blocks], filled),
-                "gap_token_match": exact / (gap * len(blocks)), **cfg.as_dict()}
+                **self.infill_scores(filled, start, gap), "gap_token_match": exact / (gap * len(blocks)),
+                **cfg.as_dict()}
 
     def prompt_sensitivity(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int,
                            first: int = 4) -> dict:
