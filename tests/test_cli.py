@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from tests.helpers import CONFIGS, assert_clean_failure, ckpt_dir, dimba, dimba_in_process, fit_args
@@ -46,6 +47,14 @@ def test_help_and_print_config():
     assert cfg["model"]["init_args"]["net"]["d_model"] == 256 and cfg["data"]["seq_len"] == 128
     for verb in ("predict", "eval", "bench", "export"):
         assert "--ckpt_path" in dimba_in_process(verb, "--help").stdout
+
+
+@pytest.mark.parametrize("verb", ["predict", "eval", "bench"])
+def test_a_device_this_machine_lacks_is_a_usage_error(verb):
+    # Before: a traceback from the first tensor moved ("Torch not compiled with CUDA enabled").
+    assert_clean_failure(dimba_in_process(verb, "--device", "gpu0"), "not a torch device: 'gpu0'")
+    if not torch.cuda.is_available():
+        assert_clean_failure(dimba_in_process(verb, "--device", "cuda"), "torch sees no CUDA device")
 
 
 def every_config():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
 
 import torch
@@ -17,11 +18,17 @@ from dimba.models.mamba2 import Mamba2
 
 
 def transformers_mixer(ours: Mamba2):
-    """transformers' Mamba2Mixer with our weights loaded (same parameter names), or None if not installed."""
+    """transformers' Mamba2Mixer with our weights loaded (same parameter names), or None (with the reason printed)
+    if it is not installed, or on CUDA without causal-conv1d: there its training branch calls mamba-ssm's fused
+    kernel, which then fails (seen on an H200 with the pure-Python mamba-ssm wheel)."""
     try:
         from transformers import Mamba2Config
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
     except ImportError:
+        print("# transformers not installed: no reference mixer")
+        return None
+    if ours.out_proj.weight.is_cuda and importlib.util.find_spec("causal_conv1d") is None:
+        print("# transformers' mixer skipped: on CUDA it needs causal-conv1d, which is not installed")
         return None
     cfg = Mamba2Config(hidden_size=ours.d_model, num_heads=ours.nheads, head_dim=ours.headdim,
                        state_size=ours.d_state, expand=ours.expand, n_groups=ours.ngroups,
