@@ -24,7 +24,9 @@ TINY_NET = dict(d_model=32, n_layers=2, d_state=8, headdim=8, chunk_size=4, impl
 # ------------------------------------------------------------------ the CLI as a user runs it
 def dimba(*args, cwd, env_extra=None, timeout=300):
     """Run `python -m dimba ARGS` (the console script's module) in a subprocess."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
+    # The repository first, then whatever the caller's path holds (the GPU machine's carried wheels live there).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_WAIT_POLICY="PASSIVE")
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "dimba", *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -70,7 +70,7 @@ def denoise_once(model, device):
     """The denoiser's logits for fixed inputs (made on the CPU, so both devices see the same numbers)."""
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.hparams.vocab_size, (2, 32), generator=g)
-    x_t = torch.randn(2, 32, model.hparams.d_embed, generator=g)
+    x_t = torch.randn(2, 32, model.hparams.denoiser["d_embed"], generator=g)
     mask = torch.zeros(2, 32, dtype=torch.bool)
     mask[:, :5] = True
     with torch.no_grad():
