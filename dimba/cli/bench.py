@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from dimba.cli.options import default_device, device_arg
 from dimba.errors import ConfigError
 from dimba.eval.bench import (
     generation_grid,
@@ -24,6 +23,7 @@ from dimba.eval.bench import (
     training_throughput,
 )
 from dimba.eval.timing import machine_description
+from dimba.training.checkpoint import usable_device
 
 
 def csv_ints(s: str) -> list[int]:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--device", type=device_arg, default=default_device())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). Batch-1 decoding on a small CPU is often faster with 1")
     p.add_argument("--compile", action="store_true",
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def defaults(args) -> None:
+    usable_device(args.device)  # a device this machine lacks: one error line before any model is built
     gpu = args.device.startswith("cuda")
     if args.quick:
         args.lengths, args.steps, args.batches = [32], [2], [1, 2]

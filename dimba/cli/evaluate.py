@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dimba.cli.options import default_device, device_arg
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
 from dimba.eval.journal import Journal, file_identity
@@ -86,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ar_top_p", type=float, default=0.9)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=device_arg, default=default_device())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out_dir", type=Path, default=Path("runs/eval"))
     return p
 

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from dimba.cli.options import default_device, device_arg
 from dimba.data.infill import parse_template
 from dimba.errors import ConfigError, DimbaError
 from dimba.sampling import add_sampling_arguments, sampling_config_from_args
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=None, help="new tokens per prompt (default: the model's "
                    "seq_len minus the prompt)")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--device", type=device_arg, default=default_device())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--show_steps", action="store_true", help="print the decoded text after every step")
     p.add_argument("--infill", action="store_true", help="prompts are templates with gaps {{N}} to fill")
     add_sampling_arguments(p)

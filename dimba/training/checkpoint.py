@@ -120,10 +120,9 @@ def build_model(ckpt: dict, source: str | Path = "the checkpoint") -> LanguageMo
     return model
 
 
-def load_for_inference(path: str | Path, device: str | torch.device | None = None) -> LanguageModelBase:
-    """The model of a checkpoint written by `dimba fit` or of an export folder (any model kind; EMA weights
-    when EMA was on), in fp32, in eval mode, on `device` (default: CUDA when available), with its tokenizer."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device this machine has, or a DimbaError that says why not (not a traceback from the
+    first tensor moved there)."""
     try:
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -131,5 +130,12 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = Non
         torch.empty(0, device=device)
     except RuntimeError as err:
         raise DimbaError(f"cannot use device {str(device)!r}: {str(err).splitlines()[0]}") from None
+    return device
+
+
+def load_for_inference(path: str | Path, device: str | torch.device | None = None) -> LanguageModelBase:
+    """The model of a checkpoint written by `dimba fit` or of an export folder (any model kind; EMA weights
+    when EMA was on), in fp32, in eval mode, on `device` (default: CUDA when available), with its tokenizer."""
+    device = usable_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(read_checkpoint(path), path)
     return model.float().to(device).eval()
