@@ -30,7 +30,7 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /workspace/
 # The project last, so that code changes do not rebuild the kernels.
 COPY pyproject.toml README.md ./
 COPY dimba ./dimba
-COPY configs ./configs
+COPY dimba/configs ./configs
 RUN pip install -c /workspace/torch-constraint.txt --no-build-isolation . \
     && python -c "import dimba, mamba_ssm; print('dimba', dimba.__version__, 'mamba_ssm', mamba_ssm.__version__)"
 

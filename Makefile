@@ -43,7 +43,7 @@ test-gpu:
 	$(PYTHON) -m pytest -q -m gpu
 
 bench:
-	$(PYTHON) -m dimba.eval.bench_mamba2
+	dimba bench-mamba2
 
 lint:
 	$(PYTHON) -m ruff check dimba tests

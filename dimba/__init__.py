@@ -12,7 +12,9 @@ Layers (lower never import higher; tests/test_layers.py checks it): `errors`, `c
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from dimba.config import config_path  # noqa: F401  (the shipped configs: dimba.config_path("base.yaml"))
+
+__version__ = "0.3.0"
 
 
 def load(path, device=None):

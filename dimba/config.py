@@ -1,9 +1,10 @@
 """What every configuration dataclass shares: a plain-dict round trip (checkpoints store plain dicts, which
-load with `torch.load(weights_only=True)`) and one-line validation errors."""
+load with `torch.load(weights_only=True)`) and one-line validation errors; and where the shipped YAML configs are."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from dimba.errors import ConfigError
 
@@ -33,3 +34,9 @@ class Config:
         unknown = sorted(set(data) - known)
         check(not unknown, f"unknown {cls.__name__} settings: {', '.join(unknown)}")
         return cls(**data)
+
+
+def config_path(name: str = "") -> Path:
+    """The shipped configs (`base.yaml`, `model/hybrid.yaml`, ...): the folder, or the file `name` in it. They are
+    package data, so an install from a wheel has them too (`dimba configs` prints them)."""
+    return Path(__file__).resolve().parent / "configs" / name

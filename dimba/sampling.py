@@ -1,32 +1,25 @@
 """How to sample, for every model kind: `SamplingConfig` (one place for the names, defaults, help and checks of
-the sampling options; `dimba predict`'s flags are generated from it), random streams per example, and turning
-logits into tokens (temperature, nucleus)."""
+the sampling options; every verb that samples takes it as its `--sampling.*` group), random streams per example,
+and turning logits into tokens (temperature, nucleus)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
+import typing
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from dimba.errors import ConfigError
 
-SAMPLERS = ("ddim", "ddpm")
-REVEAL_ORDERS = ("random", "confidence")
-LATENT_TARGETS = ("mean", "sample")
-STEP_SPACINGS = ("uniform", "cosine")
-
-
-# How a flag's text becomes a SamplingConfig field's value, by the field's annotation (booleans aside).
-_PARSE_VALUE = {"int": int, "float": float, "str": str, "int | None": int}
-
-
-def _option(default, help: str, **extra):
-    return field(default=default, metadata={"help": help, **extra})
+Sampler = Literal["ddim", "ddpm"]
+RevealOrder = Literal["random", "confidence"]
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+REVEAL_ORDERS: tuple[str, ...] = typing.get_args(RevealOrder)
 
 
 @dataclass(frozen=True)
@@ -34,36 +27,45 @@ class SamplingConfig:
     """How to sample. Not a model hyper-parameter: any setting may be used with any checkpoint whose model kind
     reads it; a model refuses (ConfigError) a changed setting it cannot honour rather than ignore it."""
 
-    steps: int = _option(32, "denoising steps (network calls per sample; diffusion models)")
-    sampler: str = _option("ddim", "reverse update of Gaussian diffusion: ddim, or ddpm (= ddim with eta 1)",
-                           choices=SAMPLERS)
-    eta: float = _option(0.0, "DDIM stochasticity in [0, 1] (0: deterministic; ignored by ddpm)")
-    guidance: float = _option(1.0, "classifier-free guidance scale (1 = conditional only, 0 = unconditional)")
-    self_condition: bool = _option(True, "feed the previous x0 estimate back (models trained with it)")
-    clamp_from: float = _option(1.0, "fraction of the steps after which x0 snaps to the nearest embedding (1 = never)")
-    temperature: float = _option(1.0, "temperature of the final token draw (0 = argmax)")
-    top_p: float = _option(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability")
-    x0_temperature: float = _option(1.0, "softmax temperature of the x0 estimate while denoising (< 1: likelier, "
-                                         "less diverse text)")
-    reveal: str = _option("random", "which hidden tokens a committing sampler reveals first: random, or "
-                                    "confidence (the most probable first)", choices=REVEAL_ORDERS)
-    latent_target: str = _option("mean", "where a committing sampler moves the still-hidden latents each step: mean "
-                                          "(the x0 estimate, softmax(logits / x0_temperature) E), or sample (the "
-                                          "embedding of a token drawn from the logits, as CANDI's cached sampler)",
-                                 choices=LATENT_TARGETS)
-    step_spacing: str = _option("uniform", "a committing sampler's time grid: uniform in t, or cosine (t = sin(pi/2 u) "
-                                           "for uniform u: short steps near t = 1, so the first tokens are committed a "
-                                           "few at a time, as MaskGIT's cosine schedule)", choices=STEP_SPACINGS)
-    warped_steps: bool = _option(True, "space the steps by the learned time warp when the model has one")
-    seed: int | None = _option(0, "random seed; every example has its own stream, derived from the seed and "
-                                  "the example's index, so results do not depend on the batch size")
+    steps: int = 32
+    """denoising steps (network calls per sample; diffusion models)"""
+    sampler: Sampler = "ddim"
+    """reverse update of Gaussian diffusion: ddim, or ddpm (= ddim with eta 1)"""
+    eta: float = 0.0
+    """DDIM stochasticity in [0, 1] (0: deterministic; ignored by ddpm)"""
+    guidance: float = 1.0
+    """classifier-free guidance scale (1 = conditional only, 0 = unconditional)"""
+    self_condition: bool = True
+    """feed the previous x0 estimate back (models trained with it)"""
+    clamp_from: float = 1.0
+    """fraction of the steps after which x0 snaps to the nearest embedding (1 = never)"""
+    temperature: float = 1.0
+    """temperature of the token draws (0 = argmax)"""
+    top_p: float = 1.0
+    """nucleus sampling: keep the smallest set of tokens with this much probability"""
+    x0_temperature: float = 1.0
+    """softmax temperature of the x0 estimate while denoising (< 1: likelier, less diverse text)"""
+    reveal: RevealOrder = "random"
+    """which hidden tokens a committing sampler reveals first: random, or confidence (the most probable first)"""
+    warped_steps: bool = True
+    """space the steps by the learned time warp when the model has one"""
+    seed: int | None = 0
+    """random seed; every example has its own stream, derived from the seed and the example's index, so results
+    do not depend on the batch size (null: fresh entropy)"""
 
     def __post_init__(self):
+        hints = typing.get_type_hints(SamplingConfig)
         for f in fields(self):
-            value, choices = getattr(self, f.name), f.metadata.get("choices")
-            if f.type == "float" and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            value, kind = getattr(self, f.name), hints[f.name]
+            if kind is float and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and math.isfinite(value)):
                 raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
-            if choices is not None and value not in choices:
+            if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+            if choices and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
         checks = [
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
@@ -73,6 +75,8 @@ class SamplingConfig:
             (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.x0_temperature > 0, f"x0_temperature must be > 0, got {self.x0_temperature}"),
+            (self.seed is None or isinstance(self.seed, int) and not isinstance(self.seed, bool),
+             f"seed must be an integer or null, got {self.seed!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -85,50 +89,9 @@ class SamplingConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per SamplingConfig field: `--name VALUE`; booleans that default to True become `--no_name`."""
-    group = parser.add_argument_group("sampling (any checkpoint; a model refuses options it cannot honour)")
-    for f in fields(SamplingConfig):
-        meta = dict(f.metadata)
-        if f.type == "bool":
-            flag = f"--no_{f.name}" if f.default else f"--{f.name}"
-            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
-                               help=meta["help"])
-            continue
-        group.add_argument(f"--{f.name}", type=_PARSE_VALUE[f.type], default=f.default, choices=meta.get("choices"),
-                           help=f"{meta['help']} (default: {f.default})")
-
-
-def parse_overrides(text: str) -> dict:
-    """`KEY=VALUE[,KEY=VALUE...]` -> typed SamplingConfig fields, checked (e.g. `reveal=confidence,eta=0.5`).
-    Raises argparse.ArgumentTypeError (a usage error) for an unknown name or a bad value."""
-    types = {f.name: f.type for f in fields(SamplingConfig) if f.name != "seed"}
-    out = {}
-    for item in filter(None, text.split(",")):
-        name, sep, value = item.partition("=")
-        if not sep or name not in types:
-            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=VALUE with NAME one of {', '.join(types)}")
-        kind = types[name]
-        try:
-            if kind == "bool":
-                if value.lower() not in ("true", "false"):
-                    raise ValueError(value)
-                out[name] = value.lower() == "true"
-            else:
-                out[name] = _PARSE_VALUE[kind](value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be of type {kind}, got {value!r}") from None
-    try:
-        SamplingConfig(**out)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return out
-
-
-def sampling_config_from_args(args: argparse.Namespace) -> SamplingConfig:
-    return SamplingConfig(**{f.name: getattr(args, f.name) for f in fields(SamplingConfig)
-                             if f.default is not MISSING})
+    def replace(self, **changes) -> SamplingConfig:
+        """A copy with some options changed (checked like a new one)."""
+        return SamplingConfig(**{**self.as_dict(), **changes})
 
 
 def _seed_from(*parts) -> int:

@@ -24,10 +24,10 @@ echo "== $(cat "$LOGS/gpu.txt"), commit $(cat "$LOGS/commit.txt")"; save
 # Sized for one call inside a 15-minute lease (start included): each step has its own time limit, the most
 # important first, and prints its summary as soon as it ends. The bench grid is trimmed from the GPU defaults
 # (5 lengths x 6 step counts x 3 batches, with AR decoding 4096 tokens one at a time, would not fit).
-GRID=(--lengths 128,1024 --steps 8,32,128 --batches 1,32 --repeats 3)
+GRID=(--lengths [128,1024] --steps [8,32,128] --batches [1,32] --repeats 3)
 timeout 200 python -m pytest -q -m gpu -s tests/test_gpu.py > "$LOGS/parity.log" 2>&1
 echo "== parity tests: exit $?"; grep -E "passed|failed|skipped|error|out [0-9]" "$LOGS/parity.log" | tail -12; save
-timeout 60 python -m dimba.eval.bench_mamba2 --device cuda > "$LOGS/bench_mamba2.txt" 2>&1
+timeout 60 python -m dimba bench-mamba2 --device cuda > "$LOGS/bench_mamba2.txt" 2>&1
 echo "== mixer"; grep -E "^\|" "$LOGS/bench_mamba2.txt" | head -8; save
 for precision in fp32 bf16; do
   timeout 100 python -m dimba bench --device cuda --precision $precision "${GRID[@]}" \
@@ -35,7 +35,7 @@ for precision in fp32 bf16; do
   echo "== dimba bench $precision: exit $?"; head -30 "$LOGS/bench_$precision/bench.md" 2>/dev/null; save
 done
 # Both models through torch.compile (each cell compiles first): the AR baseline at its fastest, batch 1.
-timeout 110 python -m dimba bench --device cuda --compile --lengths 1024 --steps 8,32 --batches 1 \
+timeout 110 python -m dimba bench --device cuda --compile true --lengths [1024] --steps [8,32] --batches [1] \
   --out_dir "$LOGS/bench_compiled" > "$LOGS/bench_compiled.log" 2>&1
 echo "== dimba bench --compile: exit $?"
 grep -E "^\| (AR|DIMBA) \| [0-9-]+ \| [0-9]+ \| 1 " "$LOGS/bench_compiled/bench.md" 2>/dev/null; save

@@ -10,8 +10,9 @@ runs=$1; judge=$2; shift 2
 for item in "$@"; do
   name=${item%%:*}; knob=${item##*:}
   extra=()
-  case $name in gauss*|hyb*) extra+=(--diagnose);; esac
+  case $name in gauss*|hyb*) extra+=(--diagnose true);; esac
   dimba eval --ckpt_path "$runs/$name/checkpoints/last.ckpt" --judge_ckpt_path "$judge" \
-    --steps 8,32,128 --samplers ddim --guidance "" --match_entropy "$knob" --sensitivity "${extra[@]}" \
-    --num_prompts 64 --batch_size 32 --seed 0 --out_dir "$runs/eval_$name"
+    --grid '{steps: [8, 32, 128], sampler: [ddim], reveal: [random, confidence]}' --ablations '{}' \
+    --match_entropy "$knob" --sensitivity true "${extra[@]}" \
+    --num_prompts 64 --batch_size 32 --sampling.seed 0 --out_dir "$runs/eval_$name"
 done

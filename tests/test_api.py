@@ -117,20 +117,33 @@ def test_resuming_fit_from_a_checkpoint_of_a92ad64(workdir, tmp_path):
     hparams = resumed["hyper_parameters"]
     assert resumed["global_step"] == 5 and hparams["denoiser"]["d_embed"] == 8
     # Settings added since are the old code's (Gaussian, tied head), not base.yaml's (hybrid, untied).
-    assert hparams["diffusion"]["corruption"] == "gaussian" and hparams["denoiser"]["head"] == "tied"
-    assert hparams["diffusion"]["time_warp"] and not hparams["denoiser"]["wide_input"]
+    assert hparams["_class_path"] == "dimba.training.dimba_lm.DimbaLM" and hparams["denoiser"]["head"] == "tied"
+    assert hparams["time_warp"]["enabled"] and not hparams["denoiser"]["wide_input"]
+
+
+def as_version_02(hp: dict, corruption: str) -> dict:
+    """Today's hyper-parameters of a DIMBA as version 0.2 wrote them: one class with `diffusion.corruption`, the time
+    warp inside `diffusion`, and the settings 0.3 removed at their defaults."""
+    hp = {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}
+    warp = hp.pop("time_warp", {"enabled": False, "window": 8192})
+    hp["_class_path"] = "dimba.training.dimba_lm.DimbaLM"
+    hp["diffusion"].update(corruption=corruption, time_warp=warp["enabled"], warp_window=warp["window"],
+                           latent_input="raw")
+    hp["denoiser"]["combine"] = "sum"
+    return hp
 
 
 def test_a_checkpoint_from_before_an_option_existed_resumes_with_the_old_behaviour(trained, workdir, tmp_path):
-    """A checkpoint of today's layout written before `corruption`/`head`/`wide_input` existed (the Gaussian
-    model's era), resumed with the default config (the hybrid, untied, wide): it stays what it was."""
+    """A checkpoint of 0.2's layout written before `skip_logits`/`head`/`wide_input` existed (the Gaussian model's
+    era), resumed with the default config (the hybrid, untied, wide): it stays what it was."""
     from tests.helpers import CONFIGS, ckpt_dir
 
     ckpt = torch.load(trained, map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
+    hp = as_version_02(ckpt["hyper_parameters"], "gaussian")
     for group, name in (("diffusion", "corruption"), ("diffusion", "skip_logits"), ("denoiser", "head"),
                         ("denoiser", "wide_input")):
         del hp[group][name]
+    ckpt["hyper_parameters"] = hp
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     steps = ckpt["global_step"] + 2
@@ -141,8 +154,26 @@ def test_a_checkpoint_from_before_an_option_existed_resumes_with_the_old_behavio
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = torch.load(ckpt_dir(tmp_path, "") / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == steps
-    assert resumed["hyper_parameters"]["diffusion"]["corruption"] == "gaussian"
+    assert resumed["hyper_parameters"]["_class_path"] == "dimba.training.dimba_lm.DimbaLM"
     assert resumed["hyper_parameters"]["denoiser"]["head"] == "tied"
+    assert resumed["hyper_parameters"]["time_warp"]["enabled"]
+
+
+def test_a_hybrid_checkpoint_of_version_02_loads_as_the_hybrid_type(trained_hybrid, tmp_path):
+    """0.2's hybrid was DimbaLM with diffusion.corruption: hybrid: it loads as HybridLM and samples what today's
+    checkpoint of the same weights samples; settings removed since are refused by name unless at their default."""
+    ckpt = torch.load(trained_hybrid, map_location="cpu", weights_only=True)
+    old = tmp_path / "hybrid_02.ckpt"
+    torch.save({**ckpt, "hyper_parameters": as_version_02(ckpt["hyper_parameters"], "hybrid")}, old)
+    a, b = dimba.load(trained_hybrid, device="cpu"), dimba.load(old, device="cpu")
+    assert type(b).__name__ == "HybridLM" and b.hparams == a.hparams
+    assert b.complete("The king", length=5, steps=3, seed=2) == a.complete("The king", length=5, steps=3, seed=2)
+    for group, name, value in (("diffusion", "latent_input", "posterior"), ("denoiser", "combine", "concat")):
+        hp = as_version_02(ckpt["hyper_parameters"], "hybrid")
+        hp[group][name] = value
+        torch.save({**ckpt, "hyper_parameters": hp}, old)
+        with pytest.raises(DimbaError, match=f"sets {group}.{name}: {value}, a setting removed in version 0.3"):
+            dimba.load(old, device="cpu")
 
 
 def test_unknown_or_broken_checkpoints_are_refused_in_one_line(trained, tmp_path):

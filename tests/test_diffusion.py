@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dimba.diffusion.generate import reverse_diffusion
+from dimba.diffusion.guidance import Guidance
 from dimba.diffusion.losses import diffusion_loss
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.diffusion.schedules import NoiseSchedule
@@ -146,7 +147,7 @@ def test_isotonic_fit_is_monotone_and_exact_on_monotone_data():
 
 
 def _toy_denoise(cond_x0, uncond_x0, calls):
-    def denoise(x, t, self_cond, drop):
+    def denoise(x, t, tokens, clean, self_cond, drop):
         calls.append({"x": x.clone(), "t": t.clone(), "self_cond": self_cond, "uncond": drop is not None})
         x0 = uncond_x0 if drop is not None else cond_x0
         logits = torch.stack([-(x0 - v).pow(2).sum(-1) for v in TABLE], dim=-1)
@@ -157,6 +158,13 @@ def _toy_denoise(cond_x0, uncond_x0, calls):
 TABLE = torch.eye(4) * 2
 
 
+def gaussian_loop(denoise, sampler, shape, cfg, streams, on_step=None):
+    """reverse_diffusion over `shape` (B, L, d) with nothing given."""
+    tokens = torch.zeros(shape[:2], dtype=torch.long)
+    return reverse_diffusion(denoise, sampler, Guidance(cfg.guidance, cfg.x0_temperature, TABLE), cfg, streams, tokens,
+                             torch.zeros(shape[:2], dtype=torch.bool), on_step=on_step)
+
+
 def test_guidance_extrapolates_what_is_fed_back():
     """Scale 1 calls only the conditional branch, 0 gives the unconditional answer, and at scale 3 the estimate
     the loop steps towards (fed back as self-conditioning) is x0_u + 3 (x0_c - x0_u)."""
@@ -165,13 +173,13 @@ def test_guidance_extrapolates_what_is_fed_back():
     uncond = TABLE[torch.tensor([[3, 3, 3]])]
     for g, expected, uses_uncond in ((1.0, [0, 1, 2], False), (0.0, [3, 3, 3], True)):
         calls = []
-        tokens = reverse_diffusion(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4), TABLE,
-                                   SamplingConfig(steps=5, guidance=g, temperature=0), ExampleStreams(0, [0]))
+        tokens = gaussian_loop(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4),
+                               SamplingConfig(steps=5, guidance=g, temperature=0), ExampleStreams(0, [0]))
         assert tokens.tolist() == [expected]
         assert any(c["uncond"] for c in calls) == uses_uncond
     calls = []
-    reverse_diffusion(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4), TABLE,
-                      SamplingConfig(steps=3, guidance=3.0, temperature=0), ExampleStreams(0, [0]))
+    gaussian_loop(_toy_denoise(cond, uncond, calls), sampler, (1, 3, 4),
+                  SamplingConfig(steps=3, guidance=3.0, temperature=0), ExampleStreams(0, [0]))
     fed_back = [c["self_cond"] for c in calls if not c["uncond"]][1:]
     assert len(fed_back) == 2
     for x0_fed in fed_back:
@@ -186,8 +194,8 @@ def test_reverse_diffusion_steps_from_the_starting_noise_towards_the_oracle():
     sampler = DDIMSampler(sched)
     target = TABLE[torch.tensor([[2, 0, 1, 3]])]
     calls, seen_steps = [], []
-    tokens = reverse_diffusion(_toy_denoise(target, target, calls), sampler, (1, 4, 4), TABLE,
-                               SamplingConfig(steps=6, temperature=0, seed=0), ExampleStreams(0, [7]),
+    tokens = gaussian_loop(_toy_denoise(target, target, calls), sampler, (1, 4, 4),
+                           SamplingConfig(steps=6, temperature=0, seed=0), ExampleStreams(0, [7]),
                                on_step=lambda i, guess: seen_steps.append((i, guess.tolist())))
     assert tokens.tolist() == [[2, 0, 1, 3]]
     assert seen_steps == [(i, [[2, 0, 1, 3]]) for i in range(6)]
@@ -203,8 +211,8 @@ def test_reverse_diffusion_steps_from_the_starting_noise_towards_the_oracle():
 def test_ddpm_and_clamping_end_on_the_oracle():
     sampler = DDIMSampler.named("ddpm", NoiseSchedule())
     target = TABLE[torch.tensor([[2, 0, 1, 3]])]
-    tokens = reverse_diffusion(_toy_denoise(target, target, []), sampler, (1, 4, 4), TABLE,
-                               SamplingConfig(sampler="ddpm", steps=6, temperature=0, clamp_from=0.5),
+    tokens = gaussian_loop(_toy_denoise(target, target, []), sampler, (1, 4, 4),
+                           SamplingConfig(sampler="ddpm", steps=6, temperature=0, clamp_from=0.5),
                                ExampleStreams(0, [0]))
     assert tokens.tolist() == [[2, 0, 1, 3]]
 
@@ -214,7 +222,7 @@ def test_x0_temperature_sharpens_the_estimate_towards_the_likeliest_token():
     the model's own mixture, at a low temperature towards token 0's embedding."""
     seen = []
 
-    def torn(x_t, t, self_cond, drop):
+    def torn(x_t, t, tokens, clean, self_cond, drop):
         logits = torch.tensor([1.0, 0.0, -9.0, -9.0]).expand(1, 2, 4)
         seen.append(self_cond)
         return logits, torch.softmax(logits, -1) @ TABLE
@@ -222,7 +230,7 @@ def test_x0_temperature_sharpens_the_estimate_towards_the_likeliest_token():
     sampler = DDIMSampler(NoiseSchedule())
     for x0_temperature in (1.0, 0.05):
         seen.clear()
-        reverse_diffusion(torn, sampler, (1, 2, 4), TABLE, SamplingConfig(steps=3, x0_temperature=x0_temperature),
+        gaussian_loop(torn, sampler, (1, 2, 4), SamplingConfig(steps=3, x0_temperature=x0_temperature),
                           ExampleStreams(0, [0]))
         weights = torch.softmax(torch.tensor([1.0, 0.0, -9.0, -9.0]) / x0_temperature, -1)
         torch.testing.assert_close(seen[-1][0, 0], weights @ TABLE)  # the estimate fed back is the sharpened one
@@ -293,12 +301,12 @@ def test_self_conditioning_off_feeds_nothing_back_and_clamping_snaps_to_embeddin
     sampler = DDIMSampler(NoiseSchedule())
     between = (TABLE[0] * 0.6 + TABLE[1] * 0.4).expand(1, 3, 4)  # nearest to token 0's embedding
     calls = []
-    reverse_diffusion(_toy_denoise(between, between, calls), sampler, (1, 3, 4), TABLE,
-                      SamplingConfig(steps=4, self_condition=False), ExampleStreams(0, [0]))
+    gaussian_loop(_toy_denoise(between, between, calls), sampler, (1, 3, 4),
+                  SamplingConfig(steps=4, self_condition=False), ExampleStreams(0, [0]))
     assert all(c["self_cond"] is None for c in calls)
     calls = []
-    reverse_diffusion(_toy_denoise(between, between, calls), sampler, (1, 3, 4), TABLE,
-                      SamplingConfig(steps=4, clamp_from=0.5), ExampleStreams(0, [0]))
+    gaussian_loop(_toy_denoise(between, between, calls), sampler, (1, 3, 4), SamplingConfig(steps=4, clamp_from=0.5),
+                  ExampleStreams(0, [0]))
     fed = [c["self_cond"] for c in calls]
     torch.testing.assert_close(fed[1], between)  # after step 0 of 4: not clamped yet
     torch.testing.assert_close(fed[3], TABLE[0].expand(1, 3, 4))  # after step 2 >= 0.5 * 4: snapped

@@ -4,23 +4,24 @@ import json
 
 import pytest
 
-from tests.helpers import assert_clean_failure, dimba
+from tests.helpers import assert_clean_failure, dimba, dimba_in_process
 
 
 def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     out = workdir / "eval"
     result = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--ar_ckpt_path", trained_ar,
                    "--source", workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
-                   "--steps", "2,4", "--samplers", "ddim,ddpm", "--guidance", "2", "--x0_temperatures", "0.5",
-                   "--at_steps", 2, "--batch_size", 2, "--sensitivity", "--diagnose",
+                   "--grid", "{steps: [2, 4], sampler: [ddim, ddpm]}", "--ablations",
+                   "{guidance: [2.0], x0_temperature: [0.5], self_condition: [false]}",
+                   "--at_steps", 2, "--batch_size", 2, "--sensitivity", "true", "--diagnose", "true",
                    "--match_entropy", "x0_temperature", "--infill_gap", 4, "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     labels = [r["label"] for r in data["rows"]]
     assert labels[:2] == ["real continuation", "random tokens by corpus frequency"]
-    assert "DIMBA ddim 4 steps" in labels and "DIMBA ddpm 2 steps" in labels
-    assert "DIMBA ddim 2 steps, guidance 2.0" in labels and "DIMBA ddim 2 steps, no self-cond" in labels
-    assert "DIMBA ddim 2 steps, x0 temperature 0.5" in labels and "AR, temperature 1, top-p 0.9" in labels
+    assert "DIMBA, 4 steps" in labels and "DIMBA, 2 steps, sampler ddpm" in labels
+    assert "DIMBA, 2 steps, guidance 2.0" in labels and "DIMBA, 2 steps, self condition False" in labels
+    assert "DIMBA, 2 steps, x0 temperature 0.5" in labels and "AR, top p 0.9" in labels
     real = data["rows"][0]["samples"]
     assert len(real) == 3 and all(s["prompt"] and s["completion"] for s in real)
     assert all(r["gen_ppl"] > 1 and 0 <= r["distinct_1"] <= 1 for r in data["rows"])
@@ -34,7 +35,7 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     assert all(r["fill_nats"] > 0 and r["after_gap_nats"] > 0 for r in infill)
     assert "| label | gen_ppl | fill_nats | after_gap_nats | gap_token_match |" in (out / "results.md").read_text()
     sensitivity = {r["label"]: r for r in data["prompt_sensitivity"]}
-    assert set(sensitivity) == {"DIMBA ddim 2 steps", "AR, temperature 1"}
+    assert set(sensitivity) == {"DIMBA, 2 steps", "AR"}
     for r in sensitivity.values():
         assert 0 <= r["agreement_same_noise"] <= 1 and 0 <= r["agreement_real_text"] <= 1
         assert r["judge_nats_first_4_own_prompt"] > 0 and r["judge_nats_first_4_other_prompt"] > 0
@@ -49,23 +50,26 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
 def test_eval_of_a_hybrid_model_at_a_base_sampling_setting(trained_hybrid, trained, trained_ar, workdir):
     out = workdir / "eval_hybrid"
     result = dimba("eval", "--ckpt_path", trained_hybrid, "--judge_ckpt_path", trained_ar, "--source",
-                   workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8, "--steps", "2",
-                   "--samplers", "ddim", "--guidance", "", "--reveals", "random", "--sampling", "latent_target=sample",
-                   "--match_entropy", "temperature", "--at_steps", 2, "--batch_size", 2, "--sensitivity",
+                   workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
+                   "--grid", "{steps: [2], reveal: [random]}", "--ablations", "{self_condition: [false]}",
+                   "--sampling.reveal", "confidence", "--sampling.x0_temperature", "0.9",
+                   "--match_entropy", "temperature", "--at_steps", 2, "--batch_size", 2, "--sensitivity", "true",
                    "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
-    rows = [r for r in data["rows"] if r.get("model") == "dimba"]
-    assert len(rows) == 4 and {r["latent_target"] for r in rows} == {"sample"}  # 32 and 2 steps, no self-cond, matched
+    rows = [r for r in data["rows"] if r.get("model") == "hybrid"]
+    # the base (32 steps), 2 steps with reveal random, 2 steps without self-conditioning, matched at 2 steps
+    assert len(rows) == 4 and {r["x0_temperature"] for r in rows} == {0.9}
+    assert [r["reveal"] for r in rows] == ["confidence", "random", "confidence", "confidence"]  # matched: the base
     assert [r["matched_by"] for r in rows if r.get("matched_by")] == ["temperature"]
     label = data["prompt_sensitivity"][0]["label"]
-    assert label == "DIMBA hybrid ddim 2 steps, reveal random, latents towards the sample"
-    refused = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling",
-                    "latent_target=sample", "--out_dir", workdir / "eval_refused", cwd=workdir)
-    assert_clean_failure(refused, "--sampling sets latent_target, which DIMBA (gaussian diffusion) does not read")
-    unknown = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling", "speed=3",
+    assert label == "DIMBA hybrid, 2 steps, reveal confidence, x0 temperature 0.9"
+    refused = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling.reveal",
+                    "confidence", "--out_dir", workdir / "eval_refused", cwd=workdir)
+    assert_clean_failure(refused, "--sampling sets reveal, which DIMBA (Gaussian diffusion) does not read")
+    unknown = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--grid", "{speed: [3]}",
                     cwd=workdir)
-    assert unknown.returncode == 2 and "'speed=3' is not NAME=VALUE" in unknown.stderr
+    assert_clean_failure(unknown, "unknown sampling option(s) speed in a grid")
 
 
 def test_eval_refuses_swapped_checkpoints(trained, trained_ar, workdir):
@@ -75,8 +79,6 @@ def test_eval_refuses_swapped_checkpoints(trained, trained_ar, workdir):
 
 
 def test_eval_refuses_an_infill_gap_longer_than_the_text_before_any_work(trained):
-    from tests.helpers import dimba_in_process
-
     result = dimba_in_process("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained, "--prompt_len", 8,
                               "--gen_len", 8, "--infill_gap", 16)
     assert result.returncode == 2 and "--infill_gap must be in 1..15, got 16" in result.stderr
@@ -88,8 +90,6 @@ def test_an_interrupted_eval_resumes_where_it_stopped_and_gives_the_straight_row
     only the missing settings, writes what a straight run writes (timings aside) and removes the journal; a
     command with other prompts reuses nothing."""
     from dimba.eval.quality import QualityEval
-    from tests.helpers import dimba_in_process
-
     def run(out, *extra, interrupt_at=0):
         """`dimba eval` in this process; returns (result, the step counts of the settings it computed)."""
         computed = []
@@ -102,8 +102,9 @@ def test_an_interrupted_eval_resumes_where_it_stopped_and_gives_the_straight_row
 
         monkeypatch.setattr(QualityEval, "model_row", model_row)
         result = dimba_in_process("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--source",
-                                  workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8, "--steps",
-                                  "2,4", "--samplers", "ddim", "--guidance", "2", "--at_steps", 2, "--batch_size", 2,
+                                  workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
+                                  "--grid", "{steps: [2, 4], sampler: [ddim]}", "--ablations",
+                                  "{guidance: [2.0], self_condition: [false]}", "--at_steps", 2, "--batch_size", 2,
                                   "--out_dir", workdir / out, *extra)
         return result, computed
 
@@ -131,7 +132,7 @@ def test_an_interrupted_eval_resumes_where_it_stopped_and_gives_the_straight_row
 
 def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
     out = workdir / "bench"
-    result = dimba("bench", "--quick", "--threads", 1, "--ckpt_path", trained, "--ar_ckpt_path", trained_ar,
+    result = dimba("bench", "--quick", "true", "--threads", 1, "--ckpt_path", trained, "--ar_ckpt_path", trained_ar,
                    "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "bench.json").read_text())
@@ -146,7 +147,8 @@ def test_bench_runs_and_writes_outputs(trained, trained_ar, workdir):
 @pytest.mark.slow
 def test_bench_compiled(trained, trained_ar, workdir):
     out = workdir / "bench_compiled"
-    result = dimba("bench", "--quick", "--compile", "--batches", 1, "--threads", 1, "--ckpt_path", trained,
+    result = dimba("bench", "--quick", "true", "--compile", "true", "--batches", "[1]", "--threads", 1, "--ckpt_path",
+                   trained,
                    "--ar_ckpt_path", trained_ar, "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "bench.json").read_text())
@@ -155,12 +157,9 @@ def test_bench_compiled(trained, trained_ar, workdir):
 
 
 def test_curves_plot_from_a_training_run(trained, workdir):
-    import subprocess
-    import sys
     out = workdir / "curves.png"
     run_dir = trained.parents[1]  # <save_dir>/<name>, holding the event files
-    result = subprocess.run([sys.executable, "-m", "dimba.eval.curves", str(run_dir), "--out", str(out)],
-                            capture_output=True, text=True)
+    result = dimba_in_process("curves", "--runs", f"[{run_dir}]", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     numbers = json.loads(out.with_suffix(".json").read_text())
     acc = numbers[run_dir.name]["acc_by_t"]
@@ -168,15 +167,11 @@ def test_curves_plot_from_a_training_run(trained, workdir):
     assert out.stat().st_size > 0
     empty = workdir / "no_events"
     empty.mkdir(exist_ok=True)
-    missing = subprocess.run([sys.executable, "-m", "dimba.eval.curves", str(empty), "--out", str(out)],
-                             capture_output=True, text=True)
+    missing = dimba_in_process("curves", "--runs", f"[{empty}]", "--out", out)
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: no TensorBoard event files under {empty}"
 
 
 def test_compare_puts_one_row_of_several_evals_side_by_side(tmp_path):
-    import subprocess
-    import sys
-
     def fake_eval(name, gen_ppl):
         row = lambda label, model, ppl: {"label": label, "model": model, "gen_ppl": ppl, "entropy_bits": 8.0,
                                          "samples": [{"prompt": "a", "completion": f"{name} text"}]}
@@ -189,22 +184,20 @@ def test_compare_puts_one_row_of_several_evals_side_by_side(tmp_path):
 
     runs = [fake_eval("rung_a", 4000.0), fake_eval("rung_b", 3000.0)]
     out = tmp_path / "ladder.png"
-    cmd = [sys.executable, "-m", "dimba.eval.compare", *map(str, runs), "--row", "DIMBA ddim 32 steps",
-           "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    runs_flag = f"[{','.join(map(str, runs))}]"
+    result = dimba_in_process("compare", "--runs", runs_flag, "--row", "DIMBA ddim 32 steps", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     table = out.with_suffix(".md").read_text()
     assert "| rung_a | 4e+03 |" in table and "| rung_b | 3e+03 |" in table and "rung_b text" in table
     assert table.count("| real continuation |") == 1 and out.stat().st_size > 0
-    missing = subprocess.run(cmd[:-4] + ["--row", "DIMBA ddim 64 steps", "--out", str(out)], capture_output=True,
-                             text=True)
-    assert missing.returncode == 2 and "has no row 'DIMBA ddim 64 steps'" in missing.stderr
+    missing = dimba_in_process("compare", "--runs", runs_flag, "--row", "DIMBA ddim 64 steps", "--out", out)
+    assert_clean_failure(missing, "has no row 'DIMBA ddim 64 steps'")
+    (runs[0] / "results.json").write_text('{"rows": [1, 2]}')
+    assert_clean_failure(dimba_in_process("compare", "--runs", runs_flag, "--row", "x", "--out", out),
+                         "is not a results file of `dimba eval`")
 
 
 def test_compare_curves_plots_steps_of_several_runs(tmp_path):
-    import subprocess
-    import sys
-
     def run(name, kind, ppl_by_steps):
         rows = [{"label": "real continuation", "model": "reference", "gen_ppl": 50.0},
                 {"label": "AR, temperature 1", "model": "ar", "gen_ppl": 90.0}]
@@ -220,18 +213,15 @@ def test_compare_curves_plots_steps_of_several_runs(tmp_path):
     results["rows"] += [{**r, "gen_ppl": r["gen_ppl"] / 2, "matched_by": "temperature"} for r in results["rows"][2:]]
     (runs[1] / "results.json").write_text(json.dumps(results))
     out = tmp_path / "curves.png"
-    compare = lambda *flags: subprocess.run([sys.executable, "-m", "dimba.eval.compare", *map(str, runs), "--curves",
-                                             *flags, "--out", str(out)], capture_output=True, text=True)
+    compare = lambda *flags: dimba_in_process("compare", "--runs", f"[{runs[0]},{runs[1]}]", *flags, "--out", out)
     result = compare()
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 10_000
     assert result.stdout.splitlines()[:3] == ["gauss: dimba ddim random", "mdlm: masked ddim random",
                                               "mdlm: masked ddim random (entropy matched by temperature)"]
-    matched = compare("--matched_only")
+    matched = compare("--matched_only", "true")
     assert matched.stdout.splitlines() == ["mdlm: masked ddim random (entropy matched by temperature)", str(out)]
-    both = subprocess.run([sys.executable, "-m", "dimba.eval.compare", str(runs[0]), "--curves", "--row", "x",
-                           "--out", str(out)], capture_output=True, text=True)
-    assert both.returncode == 2 and "not allowed with" in both.stderr
+    assert_clean_failure(compare("--row", "x", "--matched_only", "true"), "--matched_only goes with the curves")
 
 
 def test_step_curves_draw_the_ar_level_of_every_run_with_its_name(tmp_path):
@@ -252,18 +242,20 @@ def test_step_curves_draw_the_ar_level_of_every_run_with_its_name(tmp_path):
 
 
 def test_bench_builds_each_kind_from_stacked_configs_as_the_cli_does():
-    """`dimba bench` without checkpoints: configs/base.yaml, then a model file of another kind keeps the shared
-    backbone sizes it does not set and drops what the new kind does not take (as LightningCLI does)."""
-    from dimba.eval.bench import config_model
-    from tests.helpers import CONFIGS
+    """`dimba bench` without checkpoints: the shipped base.yaml, then a model file of another kind keeps the shared
+    backbone sizes it does not set and drops what the new kind does not take: LightningCLI's own parser does it."""
+    from dimba.cli.fit import model_from_configs
+    from dimba.config import config_path
 
-    ar = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "ar.yaml")
+    base = ("--config", config_path("base.yaml"))
+    ar = model_from_configs(*base, "--model", config_path("model/ar.yaml"))
     assert ar.kind == "ar" and ar.net_config.n_layers == 6 and ar.net_config.chunk_size == 64
-    masked = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "masked.yaml")
+    assert ar.vocab_size == 4096 and ar.seq_len == 128  # from the data config
+    masked = model_from_configs(*base, "--model", config_path("model/masked.yaml"))
     assert masked.kind == "masked" and masked.net_config.n_layers == 3
-    hybrid = config_model(CONFIGS / "base.yaml")  # the default: base.yaml names configs/model/hybrid.yaml
-    assert hybrid.hybrid and hybrid.denoiser_config.d_embed == 64 and hybrid.denoiser_config.head == "untied"
+    hybrid = model_from_configs(*base)  # the default: base.yaml names configs/model/hybrid.yaml
+    assert hybrid.kind == "hybrid" and hybrid.denoiser_config.d_embed == 64 and hybrid.denoiser_config.head == "untied"
     assert hybrid.diffusion_config.skip_logits and hybrid.denoiser_config.wide_input and hybrid.net_config.n_layers == 2
-    gaussian = config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "gaussian.yaml")
-    assert not gaussian.hybrid and gaussian.denoiser_config.head == "tied" and gaussian.net_config.n_layers == 3
-    assert gaussian.diffusion_config.time_warp and not gaussian.denoiser_config.wide_input
+    gaussian = model_from_configs(*base, "--model", config_path("model/gaussian.yaml"))
+    assert gaussian.kind == "dimba" and gaussian.denoiser_config.head == "tied" and gaussian.net_config.n_layers == 3
+    assert gaussian.time_warp_config.enabled and not gaussian.denoiser_config.wide_input

@@ -67,7 +67,7 @@ def test_ten_thousand_prompts_stream_to_the_output(trained, workdir):
     prompts.write_text("".join(f"line {i}\n" for i in range(10_000)))
     out = workdir / "many.jsonl"
     result = dimba("predict", "--ckpt_path", trained, "--prompts", prompts, "--output", out, "--length", 1,
-                   "--steps", 1, "--batch_size", 256, cwd=workdir, timeout=600)
+                   "--sampling.steps", 1, "--batch_size", 256, cwd=workdir, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = out.read_text().splitlines()
     assert len(lines) == 10_000 and json.loads(lines[-1])["prompt"] == "line 9999"

@@ -90,9 +90,9 @@ def test_fit_and_predict_through_the_cli(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "masked", "masked") / "last.ckpt"
     hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
-    assert hp["_class_path"] == "dimba.training.masked_lm.MaskedLM" and "masked" in hp
-    out = dimba("predict", "--ckpt_path", ckpt, "--prompt", "The king", "--length", 6, "--steps", 3,
-                "--reveal", "confidence", "--show_steps", cwd=workdir)
+    assert hp["_class_path"] == "dimba.training.masked_lm.MaskedLM" and hp["net"]["d_model"] == 32
+    out = dimba("predict", "--ckpt_path", ckpt, "--prompt", "The king", "--length", 6, "--sampling.steps", 3,
+                "--sampling.reveal", "confidence", "--show_steps", "true", cwd=workdir)
     assert out.returncode == 0 and out.stdout.startswith("The king") and "[step 3]" in out.stderr, out.stderr
     assert (CONFIGS / "model" / "masked.yaml").exists()
     folder = workdir / "masked_export"

@@ -209,8 +209,6 @@ model:
   init_args:
     optim:
       lr_decay_steps: 100
-    diffusion:
-      warp_window: 64
 """
 
 
@@ -250,8 +248,10 @@ def test_a_run_killed_with_sigkill_resumes_exactly(workdir, tmp_path, model):
     for name, steps in (("straight", total), ("killed", 100_000)):
         (tmp_path / f"{name}.yaml").write_text(RESUME_CONFIG.format(max_steps=steps))
 
+    warp = ["--model.init_args.time_warp.window", 64] if model else []  # a window the run fills
+
     def args(name, config, *extra):
-        a = fit_args(tmp_path, name, "--config", tmp_path / config, *extra, model=model)
+        a = fit_args(tmp_path, name, "--config", tmp_path / config, *warp, *extra, model=model)
         a[a.index("--data.source") + 1] = corpus
         return a
 

@@ -77,7 +77,8 @@ def test_train_and_evaluate_on_a_task_through_the_cli(workdir, tmp_path, model):
     ckpt = ckpt_dir(tmp_path, model, model) / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]["source"] == "task:path_star"
     out = tmp_path / f"eval_{model}"
-    evaluated = dimba_in_process("eval", "--task", "--ckpt_path", ckpt, "--steps", "2", "--limit", 8,
+    evaluated = dimba_in_process("eval", "--task", "true", "--ckpt_path", ckpt, "--grid",
+                                 "{steps: [2], reveal: [random, confidence]}", "--limit", 8,
                                  "--out_dir", out)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = json.loads((out / "task.json").read_text())["rows"]
@@ -88,5 +89,5 @@ def test_train_and_evaluate_on_a_task_through_the_cli(workdir, tmp_path, model):
 
 
 def test_eval_task_refuses_a_text_model(trained):
-    result = dimba_in_process("eval", "--task", "--ckpt_path", trained)
+    result = dimba_in_process("eval", "--task", "true", "--ckpt_path", trained)
     assert result.returncode == 2 and "was not trained on a task" in result.stderr

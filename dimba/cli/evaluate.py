@@ -1,175 +1,108 @@
-"""`dimba eval`: generation quality of a model (any kind) against steps, sampler, guidance, x0 temperature,
-reveal order and self-conditioning, and of the AR baseline, on held-out prompts, judged by a separate AR model.
+"""`dimba eval`: generation quality of a model (any kind) over a grid of sampling settings and of the AR
+baseline, on held-out prompts, judged by a separate AR model; or, with --task, exact match on a reasoning task.
 
 Writes results.json (with a few decoded samples per row and the prompt-sensitivity figures), results.md,
-quality_vs_steps.png, quality_vs_entropy.png, quality_vs_latency.png and TensorBoard events to --out_dir.
-
-`dimba eval --task --ckpt_path CKPT`: a model trained on a reasoning task answers the task's test split
-(greedy, at each --steps and reveal order it reads): exact match, accuracy per answer position, Sudoku
-validity; task.json, task.md and task.png in --out_dir. No judge needed.
-
-Interrupted, it loses at most the setting it was on: finished ones are kept in --out_dir/partial.json and read
-back when the same command runs again (`dimba.eval.journal`); settings added to the command are computed.
+quality_vs_steps.png, quality_vs_entropy.png, quality_vs_latency.png and TensorBoard events to --out_dir
+(task.json, task.md and task.png with --task). Interrupted, it loses at most the setting it was on: finished
+ones are kept in --out_dir/partial.json and read back when the same command runs again (`dimba.eval.journal`);
+settings added to the command are computed.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
-from dimba.eval.journal import Journal, file_identity
-from dimba.eval.quality import INFILL_COLUMNS, KNOB_RANGES, QualityEval, held_out_prompts, markdown, supported
-from dimba.sampling import REVEAL_ORDERS, SAMPLERS, SamplingConfig, parse_overrides
+from dimba.eval.journal import Journal, check_out_dir, file_identity
+from dimba.eval.quality import INFILL_COLUMNS, QualityEval, held_out_prompts, markdown, supported
+from dimba.sampling import SamplingConfig
 from dimba.training.checkpoint import load_for_inference
 
-
-def csv_list(kind, choices=None):
-    def parse(s: str):
-        values = [kind(v) for v in s.split(",") if v]
-        bad = [v for v in values if choices is not None and v not in choices]
-        if bad:
-            raise argparse.ArgumentTypeError(f"{bad[0]!r} is not one of {choices}")
-        return values
-    return parse
+TEXT_GRID = {"steps": [8, 16, 32, 64, 128, 256], "sampler": ["ddim", "ddpm"], "reveal": ["random", "confidence"]}
+TASK_GRID = {"steps": [8, 32, 128], "reveal": ["random", "confidence"]}
+OPTIONS = tuple(f.name for f in fields(SamplingConfig) if f.name != "seed")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dimba eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt_path", required=True, help="the model to evaluate (any kind)")
-    p.add_argument("--judge_ckpt_path", help="a separate AR checkpoint that scores samples (not with --task)")
-    p.add_argument("--task", action="store_true", help="evaluate on the test split of the task the model was "
-                                                         "trained on (exact match)")
-    p.add_argument("--limit", type=int, default=None, help="with --task: only the first N test instances")
-    p.add_argument("--ar_ckpt_path", help="the AR baseline to compare with (optional)")
-    p.add_argument("--source", default="shakespeare", help="corpus whose validation split gives the prompts")
-    p.add_argument("--num_prompts", type=int, default=64)
-    p.add_argument("--prompt_len", type=int, default=32)
-    p.add_argument("--gen_len", type=int, default=96)
-    p.add_argument("--steps", type=csv_list(int), default=None,
-                   help="step counts (default 8,16,32,64,128,256; with --task 8,32,128)")
-    p.add_argument("--samplers", type=csv_list(str, SAMPLERS), default=["ddim", "ddpm"])
-    p.add_argument("--ddpm_steps", type=csv_list(int), default=None, help="steps for ddpm (default: --steps)")
-    p.add_argument("--guidance", type=csv_list(float), default=[1.5, 3.0], help="extra CFG scales at --at_steps")
-    p.add_argument("--x0_temperatures", type=csv_list(float), default=[],
-                   help="extra x0 softmax temperatures at --at_steps")
-    p.add_argument("--temperatures", type=csv_list(float), default=[],
-                   help="extra final-draw temperatures at --at_steps")
-    p.add_argument("--top_ps", type=csv_list(float), default=[], help="extra top-p values at --at_steps")
-    p.add_argument("--reveals", type=csv_list(str, REVEAL_ORDERS), default=list(REVEAL_ORDERS),
-                   help="reveal orders of committing samplers, at every step count")
-    p.add_argument("--sampling", type=parse_overrides, default={}, metavar="NAME=VALUE,...",
-                   help="the evaluated model's base setting, under every row, entropy matching and the single-setting "
-                        "measurements (e.g. reveal=confidence or latent_target=sample; names as in dimba predict)")
-    p.add_argument("--match_entropy", choices=sorted(KNOB_RANGES), default=None,
-                   help="also, at each step count (and for the AR baseline), set this knob by bisection so that the "
-                        "samples' entropy matches the real continuation's")
-    p.add_argument("--infill_gap", type=int, default=0,
-                   help="also fill this many tokens hidden in the middle of each held-out block (at --at_steps) and "
-                        "judge the whole filled text")
-    p.add_argument("--at_steps", type=int, default=32,
-                   help="steps of the guidance / temperature / self-cond ablation rows")
-    p.add_argument("--sensitivity", action="store_true",
-                   help="also measure whether completions follow their prompt or their noise (at --at_steps)")
-    p.add_argument("--diagnose", action="store_true",
-                   help="also measure, at each noise level, the true token's rank under the noise and the model's "
-                        "accuracy there (models that noise embeddings)")
-    p.add_argument("--samples", type=int, default=3, help="decoded completions kept per row in results.json")
-    p.add_argument("--ar_top_p", type=float, default=0.9)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out_dir", type=Path, default=Path("runs/eval"))
-    return p
+def sweep_configs(base: SamplingConfig, grid: dict[str, list]) -> list[SamplingConfig]:
+    """Every combination of the grid's values over `base` (each a SamplingConfig, checked), in order."""
+    unknown = sorted(set(grid) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown sampling option(s) {', '.join(unknown)} in a grid; known: {', '.join(OPTIONS)}")
+    if any(not isinstance(values, list) or not values for values in grid.values()):
+        raise ConfigError(f"every grid entry needs a non-empty list of values, got {grid}")
+    names = list(grid)
+    return [base.replace(**dict(zip(names, combo, strict=True))) for combo in itertools.product(*grid.values())]
 
 
-def check_args(args) -> None:
-    if args.steps is None:
-        args.steps = [8, 32, 128] if args.task else [8, 16, 32, 64, 128, 256]
-    positive = {"--num_prompts": args.num_prompts, "--prompt_len": args.prompt_len, "--gen_len": args.gen_len,
-                "--batch_size": args.batch_size, "--at_steps": args.at_steps}
-    positive |= {f"--steps {n}": n for n in args.steps + (args.ddpm_steps or [])}
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    if args.samples < 0:
-        raise ConfigError(f"--samples must be >= 0, got {args.samples}")
-    if args.infill_gap and not 0 < args.infill_gap < args.prompt_len + args.gen_len:
-        raise ConfigError(f"--infill_gap must be in 1..{args.prompt_len + args.gen_len - 1}, got {args.infill_gap}")
+def read_by(model, grid: dict[str, list]) -> dict[str, list]:
+    """The part of a grid the model reads (a model without steps gets one row, not one per step count)."""
+    return {name: values for name, values in grid.items() if name in model.sampling_options}
 
 
-def at_steps_config(model, args, base: dict) -> SamplingConfig:
-    """The setting of the single-setting measurements (infilling, prompt sensitivity): `base` (--sampling for
-    the evaluated model, nothing for the AR baseline) at --at_steps steps where the model has steps."""
-    wanted = SamplingConfig(seed=args.seed, **(base | {"steps": args.at_steps}))
-    return wanted if wanted.changed() <= model.sampling_options else SamplingConfig(seed=args.seed, **base)
-
-
-def check_base_setting(model, args) -> None:
+def check_base_setting(model, base: SamplingConfig) -> None:
     """--sampling may only set what the evaluated model reads (its rows would silently vanish otherwise)."""
-    unread = sorted(SamplingConfig(**args.sampling).changed() - model.sampling_options)
+    unread = sorted(base.changed() - model.sampling_options)
     if unread:
         raise ConfigError(f"--sampling sets {', '.join(unread)}, which {model.display_name} does not read")
 
 
-def grid(args) -> list[SamplingConfig]:
-    """Every setting the flags ask for; `supported` keeps those the model reads."""
-    config = lambda **kw: SamplingConfig(seed=args.seed, **(args.sampling | kw))
-    configs = [config()]
-    for sampler in args.samplers:
-        for steps in (args.ddpm_steps or args.steps) if sampler == "ddpm" else args.steps:
-            configs += [config(sampler=sampler, steps=steps, reveal=r) for r in args.reveals]
-    at = args.at_steps
-    configs += [config(steps=at, guidance=g) for g in args.guidance]
-    configs += [config(steps=at, x0_temperature=x) for x in args.x0_temperatures]
-    configs += [config(steps=at, temperature=x) for x in args.temperatures]
-    configs += [config(steps=at, top_p=p) for p in args.top_ps]
-    configs.append(config(steps=at, self_condition=False))
-    return configs
+def text_configs(model, args) -> list[SamplingConfig]:
+    """The grid's settings, then one row per ablation value at --at_steps; `supported` keeps those the model reads."""
+    configs = [args.sampling] + sweep_configs(args.sampling, read_by(model, args.grid))
+    at = args.sampling.replace(steps=args.at_steps)
+    for name, values in args.ablations.items():
+        configs += sweep_configs(at, {name: values})
+    return supported(model, configs)
+
+
+def at_steps_config(model, args, base: SamplingConfig) -> SamplingConfig:
+    """The setting of the single-setting measurements (infilling, prompt sensitivity): `base` at --at_steps steps
+    where the model has steps."""
+    return base.replace(steps=args.at_steps) if "steps" in model.sampling_options else base
 
 
 def fingerprint(args, *names) -> dict:
-    """What every piece of this evaluation depends on: the checkpoint files and the flags `names`."""
+    """What every piece of this evaluation depends on: the checkpoint files and the settings `names`."""
     return {"checkpoints": [file_identity(getattr(args, k)) for k in ("ckpt_path", "judge_ckpt_path", "ar_ckpt_path")],
             **{k: getattr(args, k) for k in names}}
 
 
 def evaluate_on_task(args, journal: Journal) -> dict:
-    from dimba.eval.tasks import TaskEval, greedy_configs, task_of
+    from dimba.data.shakespeare import cache_dir
+    from dimba.eval.tasks import TaskEval, task_of
     from dimba.training.checkpoint import read_checkpoint
 
     model = load_for_inference(args.ckpt_path, args.device)
-    check_base_setting(model, args)
+    check_base_setting(model, args.sampling)
     source, options, seq_len = task_of(model, read_checkpoint(args.ckpt_path))
-    task = TaskEval(source, options, seq_len, model_cache(), args.limit)
+    task = TaskEval(source, options, seq_len, cache_dir(), args.limit)
+    configs = supported(model, sweep_configs(args.sampling.replace(temperature=0.0), read_by(model, args.grid)))
     rows = [journal.run(["task", cfg.as_dict()], task.row, model, cfg, args.batch_size)
-            for cfg in tqdm(greedy_configs(model, args.steps, args.reveals, args.seed, args.sampling), desc="settings",
-                            file=sys.stderr)]
-    return {"settings": vars(args) | {"out_dir": str(args.out_dir)}, "task": {"source": source, "options": options},
+            for cfg in tqdm(configs, desc="settings", file=sys.stderr)]
+    return {"settings": settings_record(args), "task": {"source": source, "options": options},
             "parameters": {model.kind: model.num_parameters()}, "rows": rows}
 
 
-def model_cache():
-    from dimba.data.shakespeare import cache_dir
+def settings_record(args) -> dict:
+    return {k: v.as_dict() if isinstance(v, SamplingConfig) else (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()}
 
-    return cache_dir()
 
-
-def evaluate(args, journal: Journal) -> dict:
+def evaluate_text(args, journal: Journal) -> dict:
     if args.judge_ckpt_path is None:
-        raise ConfigError("--judge_ckpt_path is needed (an AR checkpoint that scores the samples), or --task")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError("--judge_ckpt_path is needed (an AR checkpoint that scores the samples), or --task true")
     model = load_for_inference(args.ckpt_path, args.device)
-    check_base_setting(model, args)
+    check_base_setting(model, args.sampling)
     judge = load_for_inference(args.judge_ckpt_path, args.device)
     if not judge.can_score:
         raise DimbaError(f"--judge_ckpt_path must be an autoregressive model; it holds {judge.display_name}, "
@@ -178,13 +111,15 @@ def evaluate(args, journal: Journal) -> dict:
     if any(m.tokenizer.fingerprint != judge.tokenizer.fingerprint for m in models):
         raise DimbaError("the judge was trained with another tokenizer than the evaluated model(s)")
     prompts, refs, freq = held_out_prompts(model.tokenizer, args.source, args.prompt_len, args.gen_len,
-                                           args.num_prompts, args.out_dir)
+                                           args.num_prompts)
     quality = QualityEval(judge, prompts, refs, freq, args.samples)
-    plans = [(model, supported(model, grid(args)))]
+    seed = args.sampling.seed
+    bases = {model.kind: args.sampling} | ({models[1].kind: SamplingConfig(seed=seed)} if args.ar_ckpt_path else {})
+    plans = [(model, text_configs(model, args))]
     if args.ar_ckpt_path:
-        ar_grid = [SamplingConfig(seed=args.seed), SamplingConfig(seed=args.seed, top_p=args.ar_top_p)]
-        plans.append((models[1], supported(models[1], ar_grid)))
-    rows = list(journal.run(["references", args.seed], quality.references, args.seed))
+        plans.append((models[1], supported(models[1], [SamplingConfig(seed=seed),
+                                                       SamplingConfig(seed=seed, top_p=args.ar_top_p)])))
+    rows = list(journal.run(["references", seed], quality.references, seed))
     progress = tqdm(total=sum(len(configs) for _, configs in plans), desc="settings", file=sys.stderr)
     for m, configs in plans:
         for cfg in configs:
@@ -194,24 +129,22 @@ def evaluate(args, journal: Journal) -> dict:
     if args.match_entropy:
         for m, _ in plans:
             knob = args.match_entropy if args.match_entropy in m.sampling_options else "top_p"
-            steps = args.steps if "steps" in m.sampling_options else [None]
+            steps = args.grid.get("steps", [args.sampling.steps]) if "steps" in m.sampling_options else [None]
             for n in tqdm(steps, desc=f"entropy matching ({m.short_name})", file=sys.stderr):
-                base = SamplingConfig(seed=args.seed, **((args.sampling if m is model else {})
-                                                         | ({"steps": n} if n is not None else {})))
+                base = bases[m.kind] if n is None else bases[m.kind].replace(steps=n)
                 rows.append(journal.run(["match_entropy", m.kind, knob, base.as_dict()], quality.match_entropy, m,
                                         base, knob, args.batch_size))
-    result = {"settings": vars(args) | {"out_dir": str(args.out_dir)},
-              "parameters": {name: m.num_parameters() for name, m in zip((model.kind, "ar"), models, strict=False)}
-              | {"judge": judge.num_parameters()},
+    result = {"settings": settings_record(args),
+              "parameters": {m.kind: m.num_parameters() for m in models} | {"judge": judge.num_parameters()},
               "rows": rows}
-    at_steps = {m.kind: at_steps_config(m, args, args.sampling if m is model else {}) for m in models}
+    at_steps = {m.kind: at_steps_config(m, args, bases[m.kind]) for m in models}
     gap = args.infill_gap
     if gap:
         result["infill"] = [journal.run(["infill_reference", gap], quality.infill_reference_row, gap)] + [
             journal.run(["infill", m.kind, gap, at_steps[m.kind].as_dict()], quality.infill_row, m,
                         at_steps[m.kind], gap, args.batch_size) for m in models]
     if args.diagnose:
-        if model.kind != "dimba":
+        if not getattr(model, "noises_embeddings", False):
             raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
         tokens = torch.tensor([p + r for p, r in zip(prompts, refs, strict=True)], device=model.device)
         result["noise_rank"] = journal.run(["noise_rank"], noise_rank, model, tokens)
@@ -264,14 +197,73 @@ def write_task_outputs(result: dict, out: Path) -> None:
     print(table)
 
 
-def main(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    if args.task:
-        journal = Journal(args.out_dir, fingerprint(args, "task", "limit", "batch_size"))
-        write_task_outputs(evaluate_on_task(args, journal), args.out_dir)
+def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: str | None = None,
+             task: bool = False, limit: int | None = None, source: str = "shakespeare", num_prompts: int = 64,
+             prompt_len: int = 32, gen_len: int = 96, grid: dict[str, list] | None = None,
+             ablations: dict[str, list] | None = None, at_steps: int = 32,
+             sampling: SamplingConfig = SamplingConfig(),
+             match_entropy: Literal["temperature", "x0_temperature", "top_p"] | None = None, infill_gap: int = 0,
+             sensitivity: bool = False, diagnose: bool = False, samples: int = 3, ar_top_p: float = 0.9,
+             batch_size: int = 16, device: str | None = None, out_dir: Path = Path("runs/eval")) -> None:
+    """judge generation quality over a grid of sampling settings (or, with --task, exact match on a task)
+
+    Every row of the grid, and every row of the ablations, is a `SamplingConfig` over --sampling (the base
+    setting); a model gets the rows of the options it reads.
+
+    Args:
+        ckpt_path: the model to evaluate (any kind)
+        judge_ckpt_path: a separate AR checkpoint that scores the samples (not with --task)
+        ar_ckpt_path: the AR baseline to compare with (optional)
+        task: evaluate on the test split of the reasoning task the model was trained on (exact match, greedy)
+        limit: with --task: only the first N test instances
+        source: the corpus whose validation split gives the prompts
+        num_prompts: held-out prompts
+        prompt_len: tokens of each prompt
+        gen_len: tokens generated after each prompt
+        grid: the sampling options crossed with each other, e.g. '{steps: [8, 32], reveal: [random]}' (default: steps
+            8..256 x sampler ddim/ddpm x reveal random/confidence; with --task steps 8/32/128 x both reveals)
+        ablations: one row per value at --at_steps, e.g. '{guidance: [1.5, 3.0], x0_temperature: [0.9]}' (default:
+            guidance 1.5 and 3, self_condition false)
+        at_steps: steps of the ablation rows, of infilling and of prompt sensitivity
+        sampling: the evaluated model's base setting, under every row (its seed is the evaluation's)
+        match_entropy: also, at each step count of the grid (and for the AR baseline, by top_p), set this knob by
+            bisection so that the samples' entropy matches the real continuation's
+        infill_gap: also fill this many tokens hidden in the middle of each held-out block (at --at_steps) and judge
+            the whole filled text
+        sensitivity: also measure whether completions follow their prompt or their noise (at --at_steps)
+        diagnose: also measure, at each noise level, the true token's rank under the noise and the model's accuracy
+            there (models that noise embeddings)
+        samples: decoded completions kept per row in results.json
+        ar_top_p: the nucleus of the AR baseline's second row
+        batch_size: prompts sampled together
+        device: cpu, cuda, ... (default: CUDA when available)
+        out_dir: a new folder, or one this command wrote before (it refuses one holding other files)
+    """
+    args = SimpleNamespace(**{k: v for k, v in locals().items()})
+    args.grid = (TASK_GRID if task else TEXT_GRID) if grid is None else grid
+    args.ablations = {"guidance": [1.5, 3.0], "self_condition": [False]} if ablations is None else ablations
+    positive = {"--num_prompts": num_prompts, "--prompt_len": prompt_len, "--gen_len": gen_len,
+                "--batch_size": batch_size, "--at_steps": at_steps}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if samples < 0:
+        raise ConfigError(f"--samples must be >= 0, got {samples}")
+    if infill_gap and not 0 < infill_gap < prompt_len + gen_len:
+        raise ConfigError(f"--infill_gap must be in 1..{prompt_len + gen_len - 1}, got {infill_gap}")
+    if not 0 < ar_top_p <= 1:
+        raise ConfigError(f"--ar_top_p must be in (0, 1], got {ar_top_p}")
+    for table in (args.grid, args.ablations):
+        sweep_configs(SamplingConfig(), table)  # every value checked before anything runs
+    check_out_dir(out_dir)
+    if task:
+        journal = Journal(out_dir, fingerprint(args, "task", "limit", "batch_size"))
+        write_task_outputs(evaluate_on_task(args, journal), out_dir)
     else:
-        journal = Journal(args.out_dir, fingerprint(args, "source", "num_prompts", "prompt_len", "gen_len",
-                                                     "samples", "batch_size"))
-        write_outputs(evaluate(args, journal), args.out_dir)
+        journal = Journal(out_dir, fingerprint(args, "source", "num_prompts", "prompt_len", "gen_len", "samples",
+                                               "batch_size"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_outputs(evaluate_text(args, journal), out_dir)
     journal.close()

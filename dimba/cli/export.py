@@ -1,22 +1,23 @@
-"""`dimba export`: a checkpoint as a folder to share or upload to the Hugging Face Hub as it is
-(config.json, model.safetensors, tokenizer.json, README.md model card); `dimba predict` and `dimba.load`
-read it like a checkpoint."""
+"""`dimba export`: a checkpoint as a folder to share or upload to the Hugging Face Hub as it is."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from dimba.training.checkpoint import build_model, read_checkpoint
 from dimba.training.export import write_export
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="dimba export", description=__doc__)
-    parser.add_argument("--ckpt_path", required=True, type=Path, help="checkpoint written by `dimba fit`")
-    parser.add_argument("--out_dir", required=True, type=Path, help="a new (or empty) folder")
-    args = parser.parse_args(argv)
-    ckpt = read_checkpoint(args.ckpt_path)
-    build_model(ckpt, args.ckpt_path)  # refuse, before writing anything, a checkpoint that would not load
-    write_export(ckpt, args.out_dir)
-    print(args.out_dir)
+def export(ckpt_path: str, out_dir: Path) -> None:
+    """write a checkpoint as a Hub-ready folder (config.json, model.safetensors, tokenizer.json, model card)
+
+    `dimba predict` and `dimba.load` read the folder like a checkpoint; nothing in it runs code when loaded.
+
+    Args:
+        ckpt_path: a checkpoint written by `dimba fit`
+        out_dir: a new (or empty) folder
+    """
+    ckpt = read_checkpoint(ckpt_path)
+    build_model(ckpt, ckpt_path)  # refuse, before writing anything, a checkpoint that would not load
+    write_export(ckpt, out_dir)
+    print(out_dir)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from lightning.pytorch.cli import LightningCLI
 
 from dimba.data.datamodule import TextDataModule
 from dimba.training.base import LanguageModelBase
-from dimba.training.checkpoint import upgrade_hparams
+from dimba.training.checkpoint import load_checkpoint_file, model_class, upgrade_hparams
 
 
 class DimbaCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Lightning's own `predict` is not offered: `dimba predict` is a verb of its own (sampling flags).
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser) -> None:
         # Values that flow from data to model: the block length at parse time, the vocabulary size once
         # the data module has its tokenizer (a trained BPE can come out smaller than asked for).
@@ -21,15 +25,22 @@ class DimbaCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=lambda data: data.vocab_size,
                               apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        # Lightning loads a checkpoint with torch's default unless told; say it: plain data only, never code.
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("weights_only") is None:
+            self.config[subcommand].weights_only = True
+
     def _parse_ckpt_path(self) -> None:
-        """As LightningCLI's own (the model is rebuilt from the checkpoint's hyper-parameters), with the
-        hyper-parameters of older versions brought to today's layout first."""
+        """As LightningCLI's own (the model is rebuilt from the checkpoint's hyper-parameters), but reading only
+        local files, as plain data (one error line otherwise), with the hyper-parameters of older versions brought
+        to today's layout first. Lightning reads the same local file again to restore the state."""
         if not self.config.get("subcommand"):
             return
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path:
             return
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams = load_checkpoint_file(ckpt_path)["hyper_parameters"]
         if not hparams:
             return
         hparams = upgrade_hparams(hparams)
@@ -42,7 +53,27 @@ class DimbaCLI(LightningCLI):
 
 
 def run(argv: list[str] | None) -> None:
-    # Subclass mode: `model.class_path` picks the model kind (DimbaLM, ARLM, ...); configs/base.yaml sets DIMBA
-    # and configs/model/*.yaml switch it.
+    # Subclass mode: `model.class_path` picks the model kind (HybridLM, DimbaLM, MaskedLM, ARLM); configs/base.yaml
+    # sets the hybrid DIMBA and configs/model/*.yaml switch it.
     DimbaCLI(LanguageModelBase, TextDataModule, subclass_mode_model=True, args=argv,
              save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "dimba"})
+
+
+class _ParseOnly(DimbaCLI):
+    """`dimba fit`'s parser over config files, instantiating nothing (no data is read, no seed is set)."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def model_from_configs(*args: str | Path) -> LanguageModelBase:
+    """A freshly initialised model of config files stacked as `dimba fit` stacks them, e.g. ("--config", base,
+    "--model", ar) (the vocabulary: the data config's tokenizer_vocab_size), for speed measurements without a
+    checkpoint."""
+    cli = _ParseOnly(LanguageModelBase, TextDataModule, subclass_mode_model=True, run=False, args=list(map(str, args)))
+    model = cli.config.model
+    init = model.init_args.as_dict() | {"vocab_size": cli.config.data.tokenizer_vocab_size}
+    return model_class(model.class_path)(**init)

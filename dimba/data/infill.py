@@ -51,8 +51,9 @@ class Template:
         return [decode(span) for span in spans]
 
 
-def parse_template(text: str) -> Template:
-    """Split a template into pieces and gaps; one clear DimbaError for a malformed one."""
+def parse_template(text: str, max_tokens: int | None = None) -> Template:
+    """Split a template into pieces and gaps; one clear DimbaError for a malformed one, or for gaps that ask for
+    more than `max_tokens` tokens in all (checked before anything of a gap's size exists)."""
     pieces, gaps, piece, i = [], [], [], 0
     while i < len(text):
         if text.startswith("\\{{", i):
@@ -70,6 +71,9 @@ def parse_template(text: str) -> Template:
             n = int(match.group(1))
             if n < 1:
                 raise DimbaError(f"a gap must be at least 1 token long; got {match.group(0)!r}")
+            if max_tokens is not None and sum(gaps) + n > max_tokens:
+                raise DimbaError(f"the gaps ask for {sum(gaps) + n:,} tokens, more than the model's context of "
+                                 f"{max_tokens} tokens")
             pieces.append("".join(piece))
             gaps.append(n)
             piece, i = [], match.end()

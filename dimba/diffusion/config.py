@@ -1,43 +1,43 @@
-"""Configuration of DIMBA's diffusion process and of which tokens a training example gives as its prompt."""
+"""Configuration of DIMBA's diffusion process, of its learned time warp, and of which tokens a training example
+gives as its prompt."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dimba.config import Config, check, one_of
 from dimba.diffusion.schedules import SCHEDULES
 
-CORRUPTIONS = ("gaussian", "hybrid")
-LATENT_INPUTS = ("raw", "posterior")
-
 
 @dataclass
 class DiffusionConfig(Config):
-    """Gaussian diffusion over token embeddings (`dimba.training.dimba_lm.DimbaLM`)."""
+    """Diffusion over token embeddings, for both DIMBA kinds (`DimbaLM`: Gaussian; `HybridLM`: hybrid)."""
 
-    corruption: str = "gaussian"  # "gaussian": every generated token noised; "hybrid": some kept clean (CANDI)
     schedule: str = "cosine"  # "cosine" (the paper, s = 0.008), "sqrt" (Diffusion-LM), "linear" or "rank" (CANDI)
     log_snr_shift: float = 0.0  # added to log-SNR at every t: -2 ln k = k times more noise
-    time_warp: bool = True  # learn where to train and sample t from the loss curve (CDCD)
-    warp_window: int = 8192  # the warp fits the most recent (t, CE) pairs, this many; used after half of them
     mse_weight: float = 1.0  # weight of ||x0_hat - x0||^2
-    ce_weight: float = 1.0  # weight of the rounding cross-entropy on the tied projection
+    ce_weight: float = 1.0  # weight of the rounding cross-entropy on the output head
     self_cond_prob: float = 0.5  # share of batches trained with self-conditioning (if the network has it)
     skip_logits: bool = False  # add the exact likelihood of x_t under each token to the logits (Plaid)
-    latent_input: str = "raw"  # what the network reads of a noised token: x_t ("raw"), or E[e | x_t] under a flat
-    #   prior ("posterior": near a constant where x_t says nothing, near the token where it says much)
 
     def __post_init__(self):
-        one_of("diffusion.corruption", self.corruption, CORRUPTIONS)
         one_of("diffusion.schedule", self.schedule, SCHEDULES)
-        one_of("diffusion.latent_input", self.latent_input, LATENT_INPUTS)
-        check(self.corruption == "gaussian" or not self.time_warp,
-              "diffusion.time_warp must be false with the hybrid corruption: it draws t uniformly and weighs "
-              "the loss by the ELBO's 1/t")
         check(self.mse_weight >= 0 and self.ce_weight >= 0 and self.mse_weight + self.ce_weight > 0,
               f"diffusion.mse_weight and ce_weight must be >= 0, not both 0; got {self.mse_weight}, {self.ce_weight}")
-        check(self.warp_window >= 2, f"diffusion.warp_window must be >= 2, got {self.warp_window}")
         check(0 <= self.self_cond_prob <= 1, f"diffusion.self_cond_prob must be in [0, 1], got {self.self_cond_prob}")
+        check(math.isfinite(self.log_snr_shift), f"diffusion.log_snr_shift must be finite, got {self.log_snr_shift}")
+
+
+@dataclass
+class TimeWarpConfig(Config):
+    """The learned time warp of the Gaussian DIMBA (CDCD; `dimba.diffusion.time_warp`)."""
+
+    enabled: bool = True  # learn where to train and sample t from the loss curve
+    window: int = 8192  # the warp fits the most recent (t, CE) pairs, this many; used after half of them
+
+    def __post_init__(self):
+        check(self.window >= 2, f"time_warp.window must be >= 2, got {self.window}")
 
 
 PROMPT_KINDS = ("prefix", "suffix", "spans", "scattered")

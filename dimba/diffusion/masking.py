@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dimba.sampling import ExampleStreams
+from dimba.sampling import ExampleStreams, sample_tokens
 
 T_MIN = 1e-3  # no training example at t = 0 exactly (nothing hidden, weight 1/t infinite)
 
@@ -47,3 +47,31 @@ def choose_reveals(hidden: Tensor, count: Tensor, confidence: Tensor | None, str
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(hidden.shape[1], device=hidden.device)
                                             .expand_as(order).contiguous())
     return hidden & (rank < count[:, None])
+
+
+class CommitStep:
+    """One reverse step of a committing sampler (masked diffusion, the hybrid) from t to s < t: draw a token for
+    every position from the logits (at `temperature`, with nucleus `top_p`), then reveal a (t - s)/t share of each
+    example's hidden positions, random ones or the most confident first (`reveal`).
+
+    Stateless: the loop around it holds the tokens, the hidden mask and each example's generated count.
+    """
+
+    def __init__(self, reveal: str, temperature: float, top_p: float):
+        if reveal not in ("random", "confidence"):
+            raise ValueError(f"reveal must be 'random' or 'confidence', got {reveal!r}")
+        self.reveal, self.temperature, self.top_p = reveal, temperature, top_p
+
+    @staticmethod
+    def count(hidden: Tensor, n_generated: Tensor, s: float) -> Tensor:
+        """(B,) how many hidden positions (B, L) the step to s reveals: down to the schedule's share at s."""
+        return (hidden.sum(1) - hidden_after(n_generated, s)).clamp(min=0)
+
+    def step(self, tokens: Tensor, hidden: Tensor, count: Tensor, logits: Tensor, streams: ExampleStreams
+             ) -> tuple[Tensor, Tensor]:
+        """tokens, hidden (B, L), count (B,), logits (B, L, V) -> (tokens with the revealed positions drawn,
+        hidden after the step)."""
+        draws = sample_tokens(logits, self.temperature, self.top_p, streams)
+        confidence = torch.softmax(logits, dim=-1).amax(-1) if self.reveal == "confidence" else None
+        reveal = choose_reveals(hidden, count, confidence, streams)
+        return torch.where(reveal, draws, tokens), hidden & ~reveal

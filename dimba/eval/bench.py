@@ -8,46 +8,16 @@
 
 from __future__ import annotations
 
-import inspect
 import resource
 import sys
 from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 
 from dimba.eval.timing import loglog_slope, median_seconds
 from dimba.sampling import SamplingConfig
 from dimba.training.base import LanguageModelBase
-from dimba.training.checkpoint import load_for_inference, model_class
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-def config_model(*paths: Path, vocab_size: int = 4096, seq_len: int = 128) -> LanguageModelBase:
-    """A freshly initialised model of the size the config files give (later files override earlier ones)."""
-    model, init = None, {}
-    for path in paths:
-        cfg = yaml.safe_load(path.read_text())
-        cfg = cfg.get("model", cfg)
-        if isinstance(cfg, str):  # `model: model/hybrid.yaml`: a file relative to the config, as jsonargparse reads it
-            cfg = yaml.safe_load((path.parent / cfg).read_text())
-        if cfg.get("class_path", model) != model:  # another kind: keep what it accepts, as LightningCLI does
-            model = cfg["class_path"]
-            accepted = inspect.signature(model_class(model).__init__).parameters
-            init = {k: v for k, v in init.items() if k in accepted}
-        for key, value in cfg.get("init_args", {}).items():
-            init[key] = {**init.get(key, {}), **value} if isinstance(value, dict) else value
-    return model_class(model)(vocab_size=vocab_size, seq_len=seq_len, **init)
-
-
-def load_models(args) -> tuple[LanguageModelBase, LanguageModelBase]:
-    diffusion = load_for_inference(args.ckpt_path, args.device) if args.ckpt_path else \
-        config_model(CONFIGS / "base.yaml").to(args.device).eval()
-    ar = load_for_inference(args.ar_ckpt_path, args.device) if args.ar_ckpt_path else \
-        config_model(CONFIGS / "base.yaml", CONFIGS / "model" / "ar.yaml").to(args.device).eval()
-    return diffusion, ar
 
 
 def autocast(args):
@@ -67,8 +37,9 @@ def generation_cells(model: LanguageModelBase, args) -> list[tuple[int | None, S
     return [(None, SamplingConfig(seed=0))]
 
 
-def generation_grid(models: list[LanguageModelBase], args) -> list[dict]:
-    rows = []
+def generation_grid(models: list[LanguageModelBase], args, rows: list[dict], on_row=None) -> list[dict]:
+    """Latency and throughput of every model at every length x batch x step count, appended to `rows` (and
+    reported to on_row(rows) after each cell, so that an interrupted run keeps what it measured)."""
     for length in args.lengths:
         for batch in args.batches:
             prompts = [[] for _ in range(batch)]
@@ -89,6 +60,8 @@ def generation_grid(models: list[LanguageModelBase], args) -> list[dict]:
                                  "peak_mem_mb": peak_memory_mb(args.device)})
                     print(f"  {name:5s} steps {steps or '-':>4} L {length:5d} batch {batch:3d}: "
                           f"{seconds * 1e3:9.1f} ms, {batch * length / seconds:10,.0f} tok/s", file=sys.stderr)
+                    if on_row is not None:
+                        on_row(rows)
     return rows
 
 
@@ -102,7 +75,8 @@ def length_sweep(model: LanguageModelBase, args) -> dict:
         lengths.append(length)
         times.append(seconds)
         length *= 2
-    return {"lengths": lengths, "seconds": times, "loglog_slope": loglog_slope(lengths, times)}
+    return {"lengths": lengths, "seconds": times,
+            "loglog_slope": loglog_slope(lengths, times)}
 
 
 def matmul_tflops(device: str) -> float | None:
@@ -140,19 +114,21 @@ def markdown(result: dict) -> str:
     lines = [f"Machine: {result['machine']}; precision {result['precision']}; generation {compiled} "
              "(training and the length sweep eager)", "",
              "| model | params | train tok/s | FLOPs/token | MFU |", "|---|---|---|---|---|"]
-    for name, t in result["training"].items():
+    for name, t in result.get("training", {}).items():
         mfu = f"{t['mfu']:.1%}" if t.get("mfu") is not None else "n/a (CPU)"
         lines.append(f"| {name} | {t['parameters']:,} | {t['tokens_per_s']:,.0f} | {t['flops_per_token']:.3g} "
                      f"| {mfu} |")
     lines += ["", "| model | steps | length | batch | latency (ms) | tokens/s | peak mem (MB) |",
               "|---|---|---|---|---|---|---|"]
-    for r in result["generation"]:
+    for r in result.get("generation", []):
         lines.append(f"| {r['model']} | {r['steps'] or '-'} | {r['length']} | {r['batch']} "
                      f"| {r['latency_s'] * 1e3:.1f} | {r['tokens_per_s']:,.0f} | {r['peak_mem_mb']:.0f} |")
-    sweep = result["length_sweep"]
-    lines += ["", "| L (one denoiser forward, batch 1) | ms |", "|---|---|"]
-    lines += [f"| {n} | {s * 1e3:.1f} |" for n, s in zip(sweep["lengths"], sweep["seconds"], strict=True)]
-    lines += ["", f"log-log slope of time against L: {sweep['loglog_slope']:.2f} (1.0 = linear)"]
+    sweep = result.get("length_sweep")
+    if sweep:
+        lines += ["", "| L (one denoiser forward, batch 1) | ms |", "|---|---|"]
+        lines += [f"| {n} | {s * 1e3:.1f} |" for n, s in zip(sweep["lengths"], sweep["seconds"], strict=True)]
+        if sweep["loglog_slope"] is not None:
+            lines += ["", f"log-log slope of time against L: {sweep['loglog_slope']:.2f} (1.0 = linear)"]
     return "\n".join(lines) + "\n"
 
 
@@ -163,15 +139,16 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    rows = [r for r in result["generation"] if r["batch"] == 1]
+    rows = [r for r in result.get("generation", []) if r["batch"] == 1]
     for key in sorted({(r["model"], r["steps"] or 0) for r in rows}):
         pts = sorted((r["length"], r["latency_s"]) for r in rows if (r["model"], r["steps"] or 0) == key)
         ax1.plot(*zip(*pts, strict=True), "o-", label=key[0] + (f" {key[1]} steps" if key[1] else ""))
     ax1.set(xscale="log", yscale="log", xlabel="generated tokens", ylabel="latency at batch 1 (s)")
     ax1.legend(fontsize=8)
-    sweep = result["length_sweep"]
+    sweep = result.get("length_sweep") or {"lengths": [], "seconds": [], "loglog_slope": None}
     ax2.plot(sweep["lengths"], sweep["seconds"], "o-")
+    slope = sweep["loglog_slope"]
     ax2.set(xscale="log", yscale="log", xlabel="L", ylabel="one denoiser forward (s)",
-            title=f"slope {sweep['loglog_slope']:.2f}")
+            title="" if slope is None else f"slope {slope:.2f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

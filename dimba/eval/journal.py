@@ -1,23 +1,44 @@
 """What an evaluation has finished, saved after each piece, so that an interrupted `dimba eval` loses at most
-the piece it was on.
+the piece it was on; and the guard that keeps `dimba eval` from writing into a folder it does not own.
 
 Every piece (one sampling setting's row, one entropy bisection, ...) is stored under a key that names it, in
-`<out_dir>/partial.json`, with a fingerprint of what all pieces depend on (the checkpoint files, prompts, data).
-Rerun with the same fingerprint, finished pieces are read back instead of recomputed; new settings (another
-step count, say) are computed and added. Each piece is seeded on its own (per-example streams), so a resumed
-evaluation gives the rows a straight one gives.
+`<out_dir>/partial.json`, with a fingerprint of what all pieces depend on (the checkpoint files, prompts, data)
+and a digest of each piece. Rerun with the same fingerprint, finished pieces whose digest still matches are
+read back instead of recomputed (a piece edited or spoilt on disk is recomputed, with a warning); new settings
+(another step count, say) are computed and added. Each piece is seeded on its own (per-example streams), so a
+resumed evaluation gives the rows a straight one gives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from dimba.errors import DimbaError
+
 JOURNAL_NAME = "partial.json"
+# Everything `dimba eval` writes into its --out_dir (and nothing else may be there).
+OUTPUT_PATTERNS = ("results.json", "results.md", "quality_vs_*.png", "task.json", "task.md", "task.png",
+                   JOURNAL_NAME, "partial.tmp", "events.out.tfevents.*")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that holds anything `dimba eval` does not write (an export folder, a run, notes):
+    its files would be overwritten or mixed with the evaluation's."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DimbaError(f"--out_dir {out_dir} exists and is not a folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not any(fnmatch(p.name, pat) for pat in OUTPUT_PATTERNS))
+    if foreign:
+        raise DimbaError(f"--out_dir {out_dir} holds files `dimba eval` did not write ({', '.join(foreign[:4])}"
+                         f"{', ...' if len(foreign) > 4 else ''}); choose a new folder")
 
 
 def file_identity(path: str | os.PathLike | None) -> list | None:
@@ -28,30 +49,47 @@ def file_identity(path: str | os.PathLike | None) -> list | None:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Journal:
     """Finished pieces of one evaluation, keyed by what they are, kept on disk after each one."""
 
     def __init__(self, out_dir: Path, fingerprint: dict):
         self.path = Path(out_dir) / JOURNAL_NAME
         self.fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from disk
-        self.pieces: dict[str, Any] = {}
+        self.pieces: dict[str, dict] = {}
         if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-            except json.JSONDecodeError:  # cut off mid-write by an older version or a full disk: start again
-                saved = {}
+            saved = self._read()
             if saved.get("fingerprint") == self.fingerprint:
-                self.pieces = saved.get("pieces", {})
+                pieces = saved.get("pieces")
+                pieces = pieces if isinstance(pieces, dict) else {}
+                self.pieces = {k: p for k, p in pieces.items()
+                               if isinstance(p, dict) and "value" in p and p.get("digest") == digest(p["value"])}
+                if len(self.pieces) < len(pieces):
+                    print(f"warning: {len(pieces) - len(self.pieces)} piece(s) of {self.path} do not match their "
+                          "digest (edited or spoilt); computing them again", file=sys.stderr)
                 print(f"resuming: {len(self.pieces)} finished piece(s) read from {self.path}", file=sys.stderr)
+
+    def _read(self) -> dict:
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+            print(f"warning: {self.path} is unreadable ({type(err).__name__}); starting the evaluation afresh",
+                  file=sys.stderr)
+            return {}
+        return saved if isinstance(saved, dict) else {}
 
     def run(self, key: Any, compute: Callable[..., Any], *args, **kwargs) -> Any:
         """The piece named `key` (any JSON value): read back if finished, else `compute(*args, **kwargs)`, saved
         at once. Either way it comes back as it reads from JSON (lists for tuples)."""
         name = json.dumps(key, sort_keys=True, default=str)
         if name not in self.pieces:
-            self.pieces[name] = json.loads(json.dumps(compute(*args, **kwargs), default=str))
+            value = json.loads(json.dumps(compute(*args, **kwargs), default=str))
+            self.pieces[name] = {"value": value, "digest": digest(value)}
             self._save()
-        return self.pieces[name]
+        return self.pieces[name]["value"]
 
     def _save(self) -> None:
         # Write-then-rename: an interruption mid-write leaves the previous journal, never half of one.

@@ -10,16 +10,23 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dimba.sampling import SamplingConfig  # noqa: E402
+
 REFERENCE_KINDS = ("ar", "reference", "random")
 
 
+# What a step curve may vary; every other sampling option of its rows is at its default.
+CURVE_OPTIONS = {"steps", "sampler", "reveal", "seed"}
+
+
 def is_step_curve(row: dict) -> bool:
-    """Rows of a model with steps that differ only in sampler, reveal order and steps (no guidance,
-    self-conditioning on, temperatures 1, no nucleus), or that had a knob set to match real text's entropy."""
-    if row["model"] in REFERENCE_KINDS or row.get("steps") is None or row.get("guidance", 1.0) != 1.0:
+    """Rows of a model with steps that differ only in steps, sampler and reveal order (every other sampling
+    option at its default), or that had a knob set to match real text's entropy."""
+    if row["model"] in REFERENCE_KINDS or row.get("steps") is None:
         return False
-    return bool(row.get("matched_by")) or (row.get("self_condition", True) and row.get("x0_temperature", 1.0) == 1.0
-                                           and row.get("temperature", 1.0) == 1.0 and row.get("top_p", 1.0) == 1.0)
+    defaults = SamplingConfig().as_dict()
+    return bool(row.get("matched_by")) or all(row.get(name, default) == default for name, default in defaults.items()
+                                              if name not in CURVE_OPTIONS)
 
 
 def curve_name(row: dict) -> str:

@@ -28,15 +28,18 @@ COLUMNS = ["label", "gen_ppl", "entropy_bits", "distinct_1", "distinct_2", "dist
 INFILL_COLUMNS = ["label", "gen_ppl", "fill_nats", "after_gap_nats", "gap_token_match"]
 
 
-def held_out_prompts(tokenizer, source: str, prompt_len: int, gen_len: int, n: int, work_dir: Path):
+def held_out_prompts(tokenizer, source: str, prompt_len: int, gen_len: int, n: int):
     """(prompts, continuations, unigram frequencies of the training split) from the corpus' validation split,
     tokenised with the model's own tokenizer."""
+    import tempfile
+
     from dimba.data.datamodule import TextDataModule
 
-    tok_path = work_dir / "tokenizer.json"
-    tokenizer.save(tok_path)
-    dm = TextDataModule(source=source, tokenizer_path=str(tok_path), seq_len=prompt_len + gen_len)
-    dm.setup("fit")
+    with tempfile.TemporaryDirectory() as tmp:  # the data module reads a tokenizer file; nothing of ours is touched
+        tok_path = Path(tmp) / "tokenizer.json"
+        tokenizer.save(tok_path)
+        dm = TextDataModule(source=source, tokenizer_path=str(tok_path), seq_len=prompt_len + gen_len)
+        dm.setup("fit")
     blocks = np.asarray(dm.val_set.blocks[:n])
     if len(blocks) < n:
         raise DimbaError(f"the validation split has only {len(blocks)} blocks of {prompt_len + gen_len} tokens")

@@ -68,22 +68,6 @@ class TaskEval:
         return row
 
 
-def greedy_configs(model: LanguageModelBase, steps: list[int], reveals: list[str], seed: int,
-                   base: dict | None = None) -> list[SamplingConfig]:
-    """Greedy decoding (temperature 0) at each step count and reveal order the model reads, over the sampling
-    options in `base` (e.g. {"latent_target": "sample"})."""
-    configs = []
-    for n in steps if "steps" in model.sampling_options else [None]:
-        for reveal in reveals if "reveal" in model.sampling_options else [None]:
-            kw = (base or {}) | {"temperature": 0.0, "seed": seed}
-            kw |= {"steps": n} if n is not None else {}
-            kw |= {"reveal": reveal} if reveal is not None else {}
-            cfg = SamplingConfig(**kw)
-            if cfg not in configs:
-                configs.append(cfg)
-    return configs
-
-
 def plot_task_rows(rows: list[dict], path) -> None:
     import matplotlib
 

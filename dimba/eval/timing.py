@@ -40,8 +40,11 @@ def machine_description(device: torch.device | str = "cpu") -> str:
     return f"{hw}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-def loglog_slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of log(y) against log(x): 1 for linear growth, 2 for quadratic."""
+def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log(y) against log(x): 1 for linear growth, 2 for quadratic; None when the xs hold
+    fewer than two distinct values (no slope to fit)."""
+    if len(set(xs)) < 2:
+        return None
     lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)

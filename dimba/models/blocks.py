@@ -51,13 +51,13 @@ class MambaBlock(nn.Module):
     """
 
     def __init__(self, d_model: int, d_cond: int | None = None, conditioning: str = "film",
-                 bidirectional: bool = True, mlp_ratio: float = 0.0, combine: str = "sum", **mamba_kwargs):
+                 bidirectional: bool = True, mlp_ratio: float = 0.0, **mamba_kwargs):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         self.conditioning = conditioning if d_cond else None
         self.norm1 = RMSNorm(d_model)
-        self.mixer = (BidirectionalMamba2(d_model, combine=combine, **mamba_kwargs) if bidirectional
+        self.mixer = (BidirectionalMamba2(d_model, **mamba_kwargs) if bidirectional
                       else Mamba2(d_model, **mamba_kwargs))
         self.norm2 = RMSNorm(d_model) if mlp_ratio > 0 else None
         self.mlp = MLP(d_model, mlp_ratio) if mlp_ratio > 0 else None

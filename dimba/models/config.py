@@ -1,10 +1,11 @@
 """Configuration of the networks: the Mamba-2 backbone every network shares, and what each network adds.
 
-Networks are built from these objects (`DimbaDenoiser(net, denoiser, vocab_size)`, `ARLanguageModel(net,
-vocab_size)`); the vocabulary comes from the data (the tokenizer). LightningCLI reads them from YAML as nested
-keys (`model.init_args.net.d_model`, `model.init_args.denoiser.d_embed`), and checkpoints store them as plain
-dicts (`to_dict` / `from_dict`). Every model kind takes the backbone under the same name, `net`, so a config
-stacked on another (`--config configs/base.yaml --config configs/ar.yaml`) keeps the shared sizes it does not set.
+Networks are built from these objects (`DimbaDenoiser(net, denoiser, vocab_size)`, `MaskedDenoiser(net,
+vocab_size)`, `ARLanguageModel(net, vocab_size)`); the vocabulary comes from the data (the tokenizer). LightningCLI
+reads them from YAML as nested keys (`model.init_args.net.d_model`, `model.init_args.denoiser.d_embed`), and
+checkpoints store them as plain dicts (`to_dict` / `from_dict`). Every model kind takes the backbone under the same
+name, `net`, so a config stacked on another (`--config configs/base.yaml --config configs/ar.yaml`) keeps the shared
+sizes it does not set.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dimba.config import Config, check, one_of
 
 IMPLS = ("auto", "torch", "cuda")
 CONDITIONINGS = ("film", "additive")
-COMBINES = ("sum", "concat")
 PROMPT_ENCODERS = ("mlp", "frozen")
 X0_PARAMS = ("softmax", "direct")
 HEADS = ("tied", "untied")
@@ -59,7 +59,6 @@ class DenoiserConfig(Config):
 
     d_embed: int = 64  # token embedding size: the space diffusion runs in
     conditioning: str = "film"  # "film" (adaLN-Zero) or "additive" conditioning on (timestep, prompt)
-    combine: str = "sum"  # how the two directions are merged: "sum" or "concat" (then a projection)
     prompt_encoder: str = "mlp"  # "mlp" (trained) or "frozen" (its random initialisation kept)
     embed_norm: bool = True  # embeddings normalised to norm sqrt(d_embed): unit scale per coordinate
     x0_param: str = "softmax"  # x0_hat = softmax(logits) E ("softmax") or a regression output ("direct")
@@ -78,17 +77,6 @@ class DenoiserConfig(Config):
         check(not self.wide_input or self.head == "untied", "denoiser.wide_input needs denoiser.head: untied "
                                                               "(its rows are the wide embedding)")
         one_of("denoiser.conditioning", self.conditioning, CONDITIONINGS)
-        one_of("denoiser.combine", self.combine, COMBINES)
         one_of("denoiser.prompt_encoder", self.prompt_encoder, PROMPT_ENCODERS)
         one_of("denoiser.x0_param", self.x0_param, X0_PARAMS)
         one_of("denoiser.head", self.head, HEADS)
-
-
-@dataclass
-class MaskedConfig(Config):
-    """What the masked-diffusion network (`dimba.models.masked.MaskedDenoiser`) adds to the backbone."""
-
-    combine: str = "sum"  # how the two directions are merged: "sum" or "concat" (then a projection)
-
-    def __post_init__(self):
-        one_of("masked.combine", self.combine, COMBINES)

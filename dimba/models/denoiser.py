@@ -42,7 +42,7 @@ class DimbaDenoiser(nn.Module):
         self.prompt_encoder = PromptEncoder(d_embed, d_model, frozen=config.prompt_encoder == "frozen")
         self.blocks = nn.ModuleList(
             MambaBlock(d_model, d_cond=d_model, conditioning=config.conditioning, bidirectional=True,
-                       mlp_ratio=net.mlp_ratio, combine=config.combine, layer_idx=i, **net.mixer_kwargs())
+                       mlp_ratio=net.mlp_ratio, layer_idx=i, **net.mixer_kwargs())
             for i in range(net.n_layers))
         self.norm_f = RMSNorm(d_model)
         needs_out_proj = config.head == "tied" or config.x0_param == "direct"

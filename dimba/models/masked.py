@@ -8,21 +8,20 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from dimba.models.blocks import MambaBlock, RMSNorm
-from dimba.models.config import MambaConfig, MaskedConfig
+from dimba.models.config import MambaConfig
 
 
 class MaskedDenoiser(nn.Module):
     """tokens (B, L) with [MASK] = vocab_size where unknown -> logits (B, L, vocab_size), tied to the input
     embedding of the real tokens."""
 
-    def __init__(self, net: MambaConfig, config: MaskedConfig, vocab_size: int):
+    def __init__(self, net: MambaConfig, vocab_size: int):
         super().__init__()
         self.mask_id = vocab_size
         self.embedding = nn.Embedding(vocab_size + 1, net.d_model)  # the last row is [MASK]
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.blocks = nn.ModuleList(MambaBlock(net.d_model, d_cond=None, bidirectional=True, mlp_ratio=net.mlp_ratio,
-                                               combine=config.combine, layer_idx=i, **net.mixer_kwargs())
-                                    for i in range(net.n_layers))
+                                               layer_idx=i, **net.mixer_kwargs()) for i in range(net.n_layers))
         self.norm_f = RMSNorm(net.d_model)
 
     def forward(self, tokens: Tensor) -> Tensor:

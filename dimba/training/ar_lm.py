@@ -113,10 +113,6 @@ class ARLM(LanguageModelBase):
         tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
         return lambda: self.net(tokens)
 
-    def describe(self, cfg: SamplingConfig) -> str:
-        """E.g. "AR, temperature 1, top-p 0.9" (the labels of docs/results.md)."""
-        return f"AR, temperature {cfg.temperature:g}" + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else "")
-
     @torch.no_grad()
     def score(self, tokens: Tensor, mask: Tensor) -> tuple[float, int]:
         """Summed negative log-likelihood (nats) of the tokens where mask is True, each predicted from all

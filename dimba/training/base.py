@@ -267,9 +267,14 @@ class LanguageModelBase(L.LightningModule):
         return decoded[0] if single else decoded
 
     def describe(self, cfg: SamplingConfig) -> str:
-        """A row label for results tables: the model and the sampling settings it reads."""
-        changed = sorted(cfg.changed() & self.sampling_options)
-        return self.short_name + "".join(f", {name} {getattr(cfg, name)}" for name in changed)
+        """A row label for results tables: the model, its step count when it has steps, and every option it reads
+        that differs from the default, e.g. "DIMBA hybrid, 32 steps, reveal confidence, temperature 0.85"."""
+        parts = [self.short_name]
+        if "steps" in self.sampling_options:
+            parts.append(f"{cfg.steps} steps")
+        parts += [f"{name.replace('_', ' ')} {getattr(cfg, name)}"
+                  for name in sorted(cfg.changed() & self.sampling_options - {"steps"})]
+        return ", ".join(parts)
 
     def forward_at_length(self, length: int) -> Callable[[], Tensor]:
         """A call running one full-sequence network forward at batch 1 (for cost-against-length sweeps)."""

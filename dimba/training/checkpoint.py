@@ -42,15 +42,42 @@ def upgrade_hparams(hparams: dict) -> dict:
     path = hp.get("_class_path", "dimba.lit_module.DimbaLM")  # the oldest checkpoints name no class
     hp["_class_path"] = path = MOVED_CLASSES.get(path, path)
     layout = FLAT_LAYOUTS.get(path)
-    if layout is None or "net" in hp:
-        return with_defaults(hp)
-    new = {"_class_path": path, **{k: hp.pop(k) for k in ("vocab_size", "seq_len") if k in hp}}
-    hp.pop("_class_path")
-    for group, names in layout.items():
-        new[group] = {name: hp.pop(name) for name in names if name in hp}
-    if hp:
-        raise DimbaError(f"the checkpoint has settings this version does not know: {', '.join(sorted(hp))}")
-    return with_defaults(new)
+    if layout is not None and "net" not in hp:
+        new = {"_class_path": path, **{k: hp.pop(k) for k in ("vocab_size", "seq_len") if k in hp}}
+        hp.pop("_class_path")
+        for group, names in layout.items():
+            new[group] = {name: hp.pop(name) for name in names if name in hp}
+        if hp:
+            raise DimbaError(f"the checkpoint has settings this version does not know: {', '.join(sorted(hp))}")
+        hp = new
+    return with_defaults(variants_as_types(hp))
+
+
+# Settings of 0.2 that 0.3 removed, with the value that was their behaviour by default (a checkpoint that set
+# another value cannot be honoured). Their measurements are in docs/history/.
+REMOVED = {("denoiser", "combine"): "sum", ("masked", "combine"): "sum", ("diffusion", "latent_input"): "raw"}
+
+
+def variants_as_types(hp: dict) -> dict:
+    """Up to 0.2 the hybrid DIMBA was `DimbaLM` with `diffusion.corruption: hybrid`, the time warp lived in
+    `diffusion`, and a few settings since removed existed: the same checkpoint in 0.3's layout."""
+    hp = {k: dict(v) if isinstance(v, dict) else v for k, v in hp.items()}
+    for (group, name), default in REMOVED.items():
+        value = hp.get(group, {}).pop(name, default) if isinstance(hp.get(group), dict) else default
+        if value != default:
+            raise DimbaError(f"the checkpoint sets {group}.{name}: {value}, a setting removed in version 0.3 "
+                             f"(measured no better; docs/history/); only {default!r} loads")
+    if hp.get("masked") == {}:
+        hp.pop("masked")
+    diffusion = hp.get("diffusion")
+    if hp["_class_path"] == "dimba.training.dimba_lm.DimbaLM" and isinstance(diffusion, dict):
+        warp = {new: diffusion.pop(old) for old, new in (("time_warp", "enabled"), ("warp_window", "window"))
+                if old in diffusion}
+        if diffusion.pop("corruption", "gaussian") == "hybrid":
+            hp["_class_path"] = "dimba.training.hybrid_lm.HybridLM"
+        elif warp:
+            hp["time_warp"] = {**hp.get("time_warp", {}), **warp}
+    return hp
 
 
 def with_defaults(hp: dict) -> dict:
@@ -68,23 +95,47 @@ def with_defaults(hp: dict) -> dict:
     return hp
 
 
+def local_checkpoint_path(path: str | Path) -> Path:
+    """`path` as a local file, or a DimbaError: remote addresses (http://, s3://, ...) are refused, because what
+    Lightning fetches from them it unpickles with weights_only=False, which can run any code the file holds."""
+    text = str(path)
+    if "://" in text:
+        raise DimbaError(f"checkpoints are read from local files only, not from {text.split('://')[0]}:// addresses "
+                         "(a downloaded checkpoint could run code when unpickled): download it, then pass the file")
+    return Path(path)
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """torch.load of a local training checkpoint as plain data (`weights_only=True`: loading it runs no code), or a
+    DimbaError in one line for a missing, unreadable, truncated or code-carrying file."""
+    path = local_checkpoint_path(path)
+    if not path.is_file():
+        raise DimbaError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # Torch names the refused global; its advice (weights_only=False) is exactly what must not be done with a
+        # file one did not write.
+        refused = str(err).split("Unsupported global: ")[-1].split(" was not")[0].strip().splitlines()[0]
+        raise DimbaError(f"{path} holds objects other than plain data ({refused}); refusing to unpickle it, as that "
+                         "could run code. Only checkpoints written by `dimba fit` load") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, OSError, MemoryError) as err:
+        reason = (str(err).strip() or type(err).__name__).split(". ")[0].splitlines()[0]
+        raise DimbaError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or \
+            not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise DimbaError(f"{path} is not a DIMBA training checkpoint (no state_dict / hyper_parameters)")
+    return ckpt
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """A training checkpoint written by `dimba fit`, or an export folder, as a dict with today's
     hyper-parameter layout; clear errors otherwise."""
-    path = Path(path)
+    path = local_checkpoint_path(path)
     if path.is_dir():
         ckpt = read_export(path)
-    elif not path.is_file():
-        raise DimbaError(f"checkpoint not found: {path}")
     else:
-        try:
-            # Plain data only: a checkpoint is data, and loading it must not run code.
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-            reason = str(err).strip().split(". ")[0].splitlines()[0]
-            raise DimbaError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-            raise DimbaError(f"{path} is not a DIMBA training checkpoint (no state_dict / hyper_parameters)")
+        ckpt = load_checkpoint_file(path)
         if not ckpt.get("tokenizer_json"):
             raise DimbaError(f"{path} carries no tokenizer; it was not written by `dimba fit`")
     ckpt["hyper_parameters"] = upgrade_hparams(ckpt["hyper_parameters"])

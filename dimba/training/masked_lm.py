@@ -15,11 +15,11 @@ from torch import Tensor
 
 from dimba.diffusion.config import PromptConfig
 from dimba.diffusion.losses import elbo_cross_entropy
-from dimba.diffusion.masking import choose_reveals, hidden_after, hide, stratified_times
+from dimba.diffusion.masking import CommitStep, hide, stratified_times
 from dimba.diffusion.masks import any_position_mask
-from dimba.models.config import MambaConfig, MaskedConfig
+from dimba.models.config import MambaConfig
 from dimba.models.masked import MaskedDenoiser
-from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
+from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
 from dimba.training.optim import OptimConfig
 from dimba.training.validation import FixedTimeMetrics, FixedTimeValidation, per_example_draws
@@ -29,7 +29,7 @@ class MaskedLM(FixedTimeValidation, LanguageModelBase):
     """Masked diffusion LM.
 
     Args:
-        net: the Mamba-2 backbone (`MambaConfig`), bidirectional here. masked: what the network adds.
+        net: the Mamba-2 backbone (`MambaConfig`), bidirectional here.
         prompt: which tokens of a training example are its clean prompt (`PromptConfig`; cfg_dropout unused).
         optim: optimiser and LR schedule. vocab_size, seq_len: from the data module (linked by the CLI).
     """
@@ -37,15 +37,13 @@ class MaskedLM(FixedTimeValidation, LanguageModelBase):
     kind, short_name, display_name = "masked", "MDLM", "the masked-diffusion baseline (MDLM)"
     sampling_options = frozenset({"steps", "temperature", "top_p", "reveal"})
 
-    def __init__(self, net: MambaConfig = MambaConfig(), masked: MaskedConfig = MaskedConfig(),
-                 prompt: PromptConfig = PromptConfig(), optim: OptimConfig = OptimConfig(), vocab_size: int = 4096,
-                 seq_len: int = 128):
+    def __init__(self, net: MambaConfig = MambaConfig(), prompt: PromptConfig = PromptConfig(),
+                 optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
         super().__init__(vocab_size, seq_len, optim)
         self.net_config = MambaConfig.from_dict(net)
-        self.masked_config = MaskedConfig.from_dict(masked)
         self.prompt_config = PromptConfig.from_dict(prompt)
-        self.save_configs(net=self.net_config, masked=self.masked_config, prompt=self.prompt_config)
-        self.net = MaskedDenoiser(self.net_config, self.masked_config, vocab_size)
+        self.save_configs(net=self.net_config, prompt=self.prompt_config)
+        self.net = MaskedDenoiser(self.net_config, vocab_size)
         self.eval_metrics = FixedTimeMetrics()
 
     # ------------------------------------------------------------------ training
@@ -89,32 +87,19 @@ class MaskedLM(FixedTimeValidation, LanguageModelBase):
         tokens = torch.full((1, length), self.net.mask_id, dtype=torch.long, device=self.device)
         return lambda: self.net(tokens)
 
-    def describe(self, cfg: SamplingConfig) -> str:
-        """E.g. "MDLM 32 steps, reveal confidence"."""
-        return (f"MDLM {cfg.steps} steps, reveal {cfg.reveal}" + (f", temperature {cfg.temperature}"
-                                                                  if cfg.temperature != 1 else "")
-                + (f", top-p {cfg.top_p}" if cfg.top_p < 1 else ""))
-
     def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
                    on_step: OnStep | None) -> Tensor:
         """(b, L) tokens with the positions not given hidden -> revealed over cfg.steps steps."""
         net = self.generation_fn()
+        commit = CommitStep(cfg.reveal, cfg.temperature, cfg.top_p)
         x = tokens.masked_fill(~given, self.net.mask_id)
         hidden = ~given
         n_hidden = hidden.sum(1)
         times = torch.linspace(1, 0, cfg.steps + 1, dtype=torch.float64)
-        logits = None  # the network's answer for the current x; None once x has changed (the cache)
         for i in range(cfg.steps):
-            count = (hidden.sum(1) - hidden_after(n_hidden, float(times[i + 1]))).clamp(min=0)
-            if count.any():
-                if logits is None:
-                    logits = net(x)
-                draws = sample_tokens(logits, cfg.temperature, cfg.top_p, streams)
-                confidence = torch.softmax(logits, -1).amax(-1) if cfg.reveal == "confidence" else None
-                reveal = choose_reveals(hidden, count, confidence, streams)
-                x = torch.where(reveal, draws, x)
-                hidden &= ~reveal
-                logits = None
+            count = commit.count(hidden, n_hidden, float(times[i + 1]))
+            if count.any():  # a step that reveals nothing leaves x as it was: no network call (MDLM's cache)
+                x, hidden = commit.step(x, hidden, count, net(x), streams)
             if on_step is not None:
                 on_step(i, x.masked_fill(hidden, -1))
         return x

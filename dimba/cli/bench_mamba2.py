@@ -1,20 +1,18 @@
-"""Speed of the Mamba-2 mixer: the pure-torch SSD path against transformers' plain-PyTorch Mamba2 mixer
-on the same weights (outputs checked equal first), and time against sequence length.
-
-    python -m dimba.eval.bench_mamba2 [--device cuda] [--quick]
-"""
+"""Speed of the Mamba-2 mixer (`dimba bench-mamba2`): the pure-torch SSD path against transformers' plain-PyTorch
+Mamba2 mixer on the same weights (outputs checked equal first), and time against sequence length."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import math
 
 import torch
 
+from dimba.errors import ConfigError, DimbaError
 from dimba.eval.timing import loglog_slope, machine_description, median_seconds
 from dimba.models.mamba2 import Mamba2
+from dimba.training.checkpoint import usable_device
 
 
 def transformers_mixer(ours: Mamba2):
@@ -53,26 +51,35 @@ def time_mixer(mixer, x: torch.Tensor, backward: bool, bf16: bool, repeats: int)
         return median_seconds(run, device, warmup=1, repeats=repeats)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--d_model", type=int, default=256)
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--max_length", type=int, default=16384, help="longest L of the scaling sweep")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (a smoke test)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.d_model, args.length, args.batch, args.max_length, args.repeats = 64, 128, 1, 512, 1
+def bench_mamba2(device: str = "cpu", d_model: int = 256, length: int = 1024, batch: int = 4,
+                 max_length: int = 16384, repeats: int = 5, quick: bool = False) -> None:
+    """time the Mamba-2 mixer against transformers' plain-PyTorch mixer, and against sequence length
+
+    Prints Markdown tables as it measures.
+
+    Args:
+        device: cpu or cuda
+        d_model: the mixer's width
+        length: sequence length of the comparison
+        batch: batch size of the comparison
+        max_length: longest L of the scaling sweep (from 256, doubling)
+        repeats: timed repeats per cell (the median is reported)
+        quick: tiny shapes and one repeat (a smoke test)
+    """
+    if quick:
+        d_model, length, batch, max_length, repeats = 64, 128, 1, 512, 1
+    for name, value in (("d_model", d_model), ("length", length), ("batch", batch), ("max_length", max_length),
+                        ("repeats", repeats)):
+        if value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    ours = Mamba2(args.d_model, impl="torch").to(device)
+    device = usable_device(device)
+    ours = Mamba2(d_model, impl="torch").to(device)
     theirs = transformers_mixer(ours)
-    x = torch.randn(args.batch, args.length, args.d_model, device=device, requires_grad=True)
-    tokens = args.batch * args.length
-    print(f"# Mamba-2 mixer, d_model {args.d_model}, d_state {ours.d_state}, headdim {ours.headdim}, "
-          f"batch {args.batch}, L {args.length}")
+    x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
+    tokens = batch * length
+    print(f"# Mamba-2 mixer, d_model {d_model}, d_state {ours.d_state}, headdim {ours.headdim}, "
+          f"batch {batch}, L {length}")
     print(f"# {machine_description(device)}")
     if theirs is not None:
         with torch.no_grad():
@@ -80,30 +87,28 @@ def main(argv: list[str] | None = None) -> None:
         rel = ((a - b).norm() / b.norm()).item()
         print(f"# outputs vs transformers Mamba2Mixer: relative difference {rel:.2e}")
         if rel > 1e-4:
-            raise SystemExit(f"outputs differ from transformers' mixer (relative {rel:.2e}); timings not comparable")
+            raise DimbaError(f"outputs differ from transformers' mixer (relative {rel:.2e}); timings not comparable")
     print("| pass | precision | dimba torch (ms) | dimba tok/s | transformers (ms) | speed-up |")
     print("|---|---|---|---|---|---|")
     for backward in (False, True):
         for bf16 in (False, True):
-            t_ours = time_mixer(ours, x, backward, bf16, args.repeats)
-            t_theirs = time_mixer(theirs, x, backward, bf16, args.repeats) if theirs is not None else math.nan
+            t_ours = time_mixer(ours, x, backward, bf16, repeats)
+            t_theirs = time_mixer(theirs, x, backward, bf16, repeats) if theirs is not None else math.nan
             print(f"| {'fwd+bwd' if backward else 'fwd'} | {'bf16 autocast' if bf16 else 'fp32'} | "
-                  f"{t_ours * 1e3:.1f} | {tokens / t_ours:,.0f} | {t_theirs * 1e3:.1f} | {t_theirs / t_ours:.2f}x |")
+                  f"{t_ours * 1e3:.1f} | {tokens / t_ours:,.0f} | {t_theirs * 1e3:.1f} | {t_theirs / t_ours:.2f}x |",
+                  flush=True)
 
     print("\n| L (batch 1, fwd, fp32) | ms | tok/s |")
     print("|---|---|---|")
     lengths, times = [], []
-    length = 256
-    while length <= args.max_length:
-        xl = torch.randn(1, length, args.d_model, device=device)
-        t = time_mixer(ours, xl, backward=False, bf16=False, repeats=max(1, args.repeats // 2))
-        lengths.append(length)
+    sweep = 256
+    while sweep <= max_length:
+        xl = torch.randn(1, sweep, d_model, device=device)
+        t = time_mixer(ours, xl, backward=False, bf16=False, repeats=max(1, repeats // 2))
+        lengths.append(sweep)
         times.append(t)
-        print(f"| {length} | {t * 1e3:.1f} | {length / t:,.0f} |")
-        length *= 2
-    if len(lengths) > 1:
-        print(f"\nlog-log slope of time against L: {loglog_slope(lengths, times):.2f} (1.0 = linear)")
-
-
-if __name__ == "__main__":
-    main()
+        print(f"| {sweep} | {t * 1e3:.1f} | {sweep / t:,.0f} |", flush=True)
+        sweep *= 2
+    slope = loglog_slope(lengths, times)
+    if slope is not None:
+        print(f"\nlog-log slope of time against L: {slope:.2f} (1.0 = linear)")

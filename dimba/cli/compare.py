@@ -1,0 +1,50 @@
+"""`dimba compare`: several `dimba eval` runs side by side (an ablation, a ladder of models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dimba.errors import ConfigError
+from dimba.eval.compare import pick_rows, read_rows
+
+
+def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: bool = False) -> None:
+    """plot several `dimba eval` runs together: gen-PPL against steps, or one row of each against entropy
+
+    Without --row: gen-PPL against denoising steps, one line per run (and per sampler / reveal order), each run's
+    AR rows as horizontal lines. With --row LABEL: that row of each run, gen-PPL against entropy, one point per
+    run, with the real continuation and random tokens as references, a Markdown table and a sample of each.
+
+    Args:
+        runs: output folders of `dimba eval`, e.g. [runs/eval_a,runs/eval_b]
+        out: the PNG to write (a .md beside it with --row)
+        row: the row label to compare across runs (as in results.md)
+        matched_only: without --row: only the rows at real text's entropy (`dimba eval --match_entropy`), the ones
+            comparable across models
+    """
+    if not runs:
+        raise ConfigError("--runs needs at least one `dimba eval` folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if row is None:
+        from dimba.eval.plots import steps_across_runs
+
+        curves = {folder.name: read_rows(folder) for folder in runs}
+        if matched_only:
+            curves = {name: [r for r in rows if r.get("matched_by") or r["model"] in ("reference", "random")]
+                      for name, rows in curves.items()}
+        fig = steps_across_runs(curves, out)
+        print("\n".join(fig.axes[0].get_legend_handles_labels()[1] + [str(out)]))
+        return
+    if matched_only:
+        raise ConfigError("--matched_only goes with the curves against steps (no --row)")
+    from dimba.eval.plots import quality_vs_entropy
+    from dimba.eval.quality import markdown
+
+    rows = pick_rows(runs, row)
+    quality_vs_entropy(rows, out)
+    samples = "".join(f"\n**{r['label']}**: {json.dumps(r['samples'][0]['completion'])}\n"
+                      for r in rows if r.get("samples"))
+    table = markdown(rows)
+    out.with_suffix(".md").write_text(table + samples)
+    print(table)

@@ -1,0 +1,62 @@
+"""HybridLM: DIMBA with the hybrid discrete-continuous corruption (after CANDI, `dimba.diffusion.hybrid`), the
+default model: each generated token kept clean with probability 1 - t, the others' embeddings noised at the rank
+schedule; the ELBO-weighted cross-entropy of the corrupted tokens; a sampler that commits tokens as it goes.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dimba.diffusion.config import DiffusionConfig, PromptConfig
+from dimba.diffusion.hybrid import hybrid_reverse_diffusion
+from dimba.diffusion.losses import DiffusionLoss, elbo_cross_entropy
+from dimba.diffusion.masking import CommitStep, hide, stratified_times
+from dimba.diffusion.samplers import DDIMSampler
+from dimba.models.config import DenoiserConfig, MambaConfig
+from dimba.sampling import ExampleStreams, SamplingConfig
+from dimba.training.base import OnStep
+from dimba.training.embedding_diffusion import EmbeddingDiffusionLM
+from dimba.training.optim import OptimConfig
+
+
+class HybridLM(EmbeddingDiffusionLM):
+    """Hybrid-corruption diffusion LM over token embeddings.
+
+    Args:
+        net: the Mamba-2 backbone (`MambaConfig`). denoiser: what the denoiser adds (`DenoiserConfig`).
+        diffusion: schedule (default "rank") and loss weights (`DiffusionConfig`); ce_weight weighs the ELBO term.
+        prompt: which tokens of a training example are its clean prompt (`PromptConfig`).
+        optim: optimiser and LR schedule (`OptimConfig`).
+        vocab_size, seq_len: from the data module (linked by the CLI).
+    """
+
+    kind, short_name, display_name = "hybrid", "DIMBA hybrid", "DIMBA (hybrid diffusion)"
+    sampling_options = frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "temperature", "top_p",
+                                  "x0_temperature", "reveal"})
+    uses_uniforms = True
+
+    def __init__(self, net: MambaConfig = MambaConfig(), denoiser: DenoiserConfig = DenoiserConfig(),
+                 diffusion: DiffusionConfig = DiffusionConfig(schedule="rank"), prompt: PromptConfig = PromptConfig(),
+                 optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
+        super().__init__(net, denoiser, diffusion, prompt, optim, vocab_size, seq_len)
+
+    def sample_times(self, batch: int) -> Tensor:
+        """Uniform (stratified): the ELBO's 1/t weight already says where the loss matters."""
+        return stratified_times(batch, self.device)
+
+    def corrupt(self, generated: Tensor, t: Tensor, uniforms: Tensor | None) -> Tensor:
+        return hide(generated, t, uniforms)  # each generated position with probability t
+
+    def objective(self, logits: Tensor, parts: DiffusionLoss, tokens: Tensor, corrupted: Tensor, generated: Tensor,
+                  t: Tensor) -> Tensor:
+        cfg = self.diffusion_config
+        return cfg.ce_weight * elbo_cross_entropy(logits, tokens, corrupted, generated, t) + cfg.mse_weight * parts.mse
+
+    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                   on_step: OnStep | None) -> Tensor:
+        """Commit the positions not given over cfg.steps steps, the others diffusing as latents."""
+        sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
+        commit = CommitStep(cfg.reveal, cfg.temperature, cfg.top_p)
+        return hybrid_reverse_diffusion(self.denoiser(given, cfg), sampler, self.guidance(cfg), commit, cfg.steps,
+                                        cfg.self_condition and self.net.self_conditioning, streams, tokens, given,
+                                        on_step)
