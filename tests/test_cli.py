@@ -184,3 +184,31 @@ def test_ddp_validation_reduces_every_rank(trained, trained_ar, workdir, kind):
     assert set(results["single"]) == set(results["ddp"]) and "val/loss" in results["single"]
     for key, value in results["single"].items():
         assert results["ddp"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def readme_commands() -> list[list[str]]:
+    """Every `dimba ...` command of the README's bash blocks, continuation lines joined, comments dropped."""
+    import shlex
+
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    commands = []
+    for block in readme.split("```bash\n")[1:]:
+        text = block.split("```", 1)[0].replace("\\\n", " ")
+        for line in text.splitlines():
+            for part in line.split(" # ")[0].split("&&"):
+                words = shlex.split(part)
+                if words[:1] == ["dimba"]:
+                    commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.parametrize("command", readme_commands(), ids=lambda c: " ".join(c)[:60])
+def test_every_readme_command_parses(command, monkeypatch):
+    """Each command as the README writes it, up to running it: its flags parse (`--print_config` stops there)."""
+    from tests.helpers import REPO
+
+    monkeypatch.chdir(REPO)
+    result = dimba_in_process(*command, "--print_config")
+    assert result.returncode == 0, result.stderr[-2000:]
