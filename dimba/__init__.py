@@ -6,7 +6,7 @@ bidirectional Mamba-2 denoiser.
     print(model.complete(["ROMEO:"], length=64, steps=32))
 
 Layers (lower never import higher; tests/test_layers.py checks it): `errors`, `config`, `precision`,
-`sampling` (shared by all) < `models` (networks), `diffusion` (schedules, samplers, losses), `data` <
+`sampling`, `outputs` (shared by all) < `models` (networks), `diffusion` (schedules, samplers, losses), `data` <
 `training` (LightningModules, callbacks, checkpoints) < `eval` < `cli` (the `dimba` verbs).
 """
 

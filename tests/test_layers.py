@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dimba"
 # Lower numbers are lower layers. A module may import its own package and anything of a lower layer; the
 # core modules of layer 0 may also import one another (never in a cycle).
 LAYERS = {
-    "dimba.errors": 0, "dimba.config": 0, "dimba.precision": 0, "dimba.sampling": 0,
+    "dimba.errors": 0, "dimba.config": 0, "dimba.precision": 0, "dimba.sampling": 0, "dimba.outputs": 0,
     "dimba.models": 1, "dimba.diffusion": 1, "dimba.data": 1,
     "dimba.training": 2,
     "dimba.eval": 3,

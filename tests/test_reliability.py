@@ -156,7 +156,7 @@ def test_resuming_into_another_model_shape_names_the_mismatch(tmp_path):
                           net=dict(d_model=32, n_layers=1, d_state=8, headdim=8, chunk_size=8, impl="torch"))
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
-    with pytest.raises(DimbaError, match=r"net.in_proj.weight has shape \(16, 16\) but this configuration builds"):
+    with pytest.raises(DimbaError, match=r"net.in_proj.weight has shape \(16, 16\) but its configuration builds"):
         trainer.fit(wider, loader(), ckpt_path=path)
 
 
@@ -318,6 +318,7 @@ def test_bf16_mixed_default_model_stays_finite_for_300_steps(workdir):
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # 40 s of two DDP ranks; the single-process SIGKILL resume tests run by default
 def test_a_ddp_run_resumes_exactly(workdir, tmp_path):
     """Two CPU ranks, 2 steps then resumed to 4, against 4 steps straight: the same final checkpoint (weights,
     EMA, optimizer, time warp), each rank having continued its own shard where it stopped. (The first run's

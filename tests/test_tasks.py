@@ -57,7 +57,7 @@ def test_task_arrays_are_padded_cached_and_checked(tmp_path):
         task_split_arrays("task:path_star", {"n_train": 4, "n_test": 2}, 30, tmp_path)
     with pytest.raises(DimbaError, match="unknown task"):
         task_split_arrays("task:chess", {}, 30, tmp_path)
-    with pytest.raises(DimbaError, match="bad options for task path_star"):
+    with pytest.raises(DimbaError, match="unknown option .colour. for task path_star"):
         task_split_arrays("task:path_star", {"colour": 1}, 40, tmp_path)
 
 

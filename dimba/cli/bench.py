@@ -16,15 +16,16 @@ from dimba.config import config_path
 from dimba.errors import ConfigError
 from dimba.eval.bench import generation_grid, length_sweep, markdown, matmul_tflops, plot, training_throughput
 from dimba.eval.timing import machine_description
+from dimba.outputs import check_out_dir
 from dimba.training.checkpoint import load_for_inference, usable_device
 
 
 def bench_defaults(args) -> None:
     """Fill the grid's unset sizes by device (or the --quick grid) and check them."""
     gpu = args.device.startswith("cuda")
-    if args.quick:
-        args.lengths, args.steps, args.batches = [32], [2], [1, 2]
-        args.max_length, args.repeats, args.train_batch = 512, 1, 2
+    if args.quick:  # a tiny grid where the user set none
+        args.lengths, args.steps, args.batches = args.lengths or [32], args.steps or [2], args.batches or [1, 2]
+        args.max_length, args.repeats, args.train_batch = args.max_length or 512, 1, 2
     args.lengths = args.lengths or ([128, 256, 512, 1024, 4096] if gpu else [128, 512, 1024])
     args.steps = args.steps or ([8, 16, 32, 64, 128, 256] if gpu else [8, 32, 128])
     args.batches = args.batches or ([1, 8, 32] if gpu else [1, 8])
@@ -62,12 +63,13 @@ def bench(ckpt_path: str | None = None, ar_ckpt_path: str | None = None, lengths
         device: cpu, cuda, ... (default: CUDA when available)
         threads: torch CPU threads (default: torch's); batch-1 decoding on a small CPU is often faster with 1
         compile: generate through torch.compile (both models; each cell compiles at its warm-up call)
-        quick: a tiny grid (a smoke test)
+        quick: a tiny grid where none is given, one repeat (a smoke test)
         out_dir: where bench.json, bench.md and bench.png go
     """
     args = SimpleNamespace(**{k: v for k, v in locals().items()})
     args.device = str(usable_device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     bench_defaults(args)
+    check_out_dir(out_dir, ("bench.json", "bench.md", "bench.png"), "dimba bench")
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from dimba.errors import ConfigError
 from dimba.eval.compare import pick_rows, read_rows
+from dimba.outputs import check_output_file, is_png
 
 
-def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: bool = False) -> None:
+def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: bool = False,
+            overwrite: bool = False) -> None:
     """plot several `dimba eval` runs together: gen-PPL against steps, or one row of each against entropy
 
     Without --row: gen-PPL against denoising steps, one line per run (and per sampler / reveal order), each run's
@@ -22,9 +24,14 @@ def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: b
         row: the row label to compare across runs (as in results.md)
         matched_only: without --row: only the rows at real text's entropy (`dimba eval --match_entropy`), the ones
             comparable across models
+        overwrite: replace --out (and the .md beside it) even if they are not earlier outputs of this command
     """
     if not runs:
         raise ConfigError("--runs needs at least one `dimba eval` folder")
+    check_output_file(out, is_png, overwrite, "dimba compare")
+    if row is not None:
+        check_output_file(out.with_suffix(".md"), lambda head: head.startswith(b"| label |"), overwrite,
+                          "dimba compare")
     out.parent.mkdir(parents=True, exist_ok=True)
     if row is None:
         from dimba.eval.plots import steps_across_runs

@@ -7,18 +7,22 @@ from pathlib import Path
 
 from dimba.errors import ConfigError
 from dimba.eval.curves import by_noise_level, read_scalars
+from dimba.outputs import check_output_file, is_png
 
 
-def curves(runs: list[Path], out: Path, step: int | None = None) -> None:
+def curves(runs: list[Path], out: Path, step: int | None = None, overwrite: bool = False) -> None:
     """plot training loss against step and validation accuracy / cross-entropy against the noise level t
 
     Args:
         runs: run folders holding TensorBoard event files, e.g. [runs/base,runs/masked]
         out: the PNG to write (a .json with the numbers beside it)
         step: the validation step of the curves against t (default: each run's last)
+        overwrite: replace --out (and the .json beside it) even if they are not earlier outputs of this command
     """
     if not runs:
         raise ConfigError("--runs needs at least one run folder")
+    check_output_file(out, is_png, overwrite, "dimba curves")
+    check_output_file(out.with_suffix(".json"), lambda head: b'"acc_by_t"' in head, overwrite, "dimba curves")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,14 +23,18 @@ from tqdm import tqdm
 
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
-from dimba.eval.journal import Journal, check_out_dir, file_identity
+from dimba.eval.journal import JOURNAL_NAME, Journal, file_identity
 from dimba.eval.quality import INFILL_COLUMNS, QualityEval, held_out_prompts, markdown, supported
+from dimba.outputs import check_out_dir
 from dimba.sampling import SamplingConfig
 from dimba.training.checkpoint import load_for_inference
 
 TEXT_GRID = {"steps": [8, 16, 32, 64, 128, 256], "sampler": ["ddim", "ddpm"], "reveal": ["random", "confidence"]}
 TASK_GRID = {"steps": [8, 32, 128], "reveal": ["random", "confidence"]}
 OPTIONS = tuple(f.name for f in fields(SamplingConfig) if f.name != "seed")
+# Everything `dimba eval` writes into its --out_dir (and nothing else may be there).
+OUTPUTS = ("results.json", "results.md", "quality_vs_*.png", "task.json", "task.md", "task.png", JOURNAL_NAME,
+           "partial.tmp", "events.out.tfevents.*")
 
 
 def sweep_configs(base: SamplingConfig, grid: dict[str, list]) -> list[SamplingConfig]:
@@ -257,7 +261,7 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
         raise ConfigError(f"--ar_top_p must be in (0, 1], got {ar_top_p}")
     for table in (args.grid, args.ablations):
         sweep_configs(SamplingConfig(), table)  # every value checked before anything runs
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, OUTPUTS, "dimba eval")
     if task:
         journal = Journal(out_dir, fingerprint(args, "task", "limit", "batch_size"))
         write_task_outputs(evaluate_on_task(args, journal), out_dir)

@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import fcntl
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from dimba.data.datamodule import TextDataModule
+from dimba.errors import DimbaError
 from dimba.training.base import LanguageModelBase
 from dimba.training.checkpoint import load_checkpoint_file, model_class, upgrade_hparams
+
+
+class LockedRunFolder(SaveConfigCallback):
+    """Lightning's config.yaml writer, which first takes an exclusive lock on the run folder (`.dimba.lock`, rank 0)
+    and holds it until the run ends: a second run in the same folder is refused with one line instead of
+    interleaving its config and checkpoints with this one's."""
+
+    LOCK_NAME = ".dimba.lock"
+    _lock = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP (rank 0 broadcasts it): every rank must ask
+        if trainer.is_global_zero and self._lock is None:
+            folder = Path(log_dir or trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(folder / self.LOCK_NAME, "a")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise DimbaError(f"another run is using {folder} (it holds {folder / self.LOCK_NAME}); wait for it to "
+                                 "end, or give this one its own --trainer.logger.init_args.name") from None
+            self._lock = handle
+        super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
 
 
 class DimbaCLI(LightningCLI):
@@ -44,6 +75,7 @@ class DimbaCLI(LightningCLI):
         if not hparams:
             return
         hparams = upgrade_hparams(hparams)
+        model_class(hparams["_class_path"])  # a model kind of this package: nothing else is imported
         model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
@@ -56,7 +88,8 @@ def run(argv: list[str] | None) -> None:
     # Subclass mode: `model.class_path` picks the model kind (HybridLM, DimbaLM, MaskedLM, ARLM); configs/base.yaml
     # sets the hybrid DIMBA and configs/model/*.yaml switch it.
     DimbaCLI(LanguageModelBase, TextDataModule, subclass_mode_model=True, args=argv,
-             save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "dimba"})
+             save_config_callback=LockedRunFolder, save_config_kwargs={"overwrite": True},
+             parser_kwargs={"prog": "dimba"})
 
 
 class _ParseOnly(DimbaCLI):

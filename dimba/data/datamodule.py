@@ -30,6 +30,11 @@ from dimba.errors import DimbaError
 log = logging.getLogger(__name__)
 
 
+def is_text(value) -> bool:
+    """A document: a string with something besides whitespace (not a null, not a number)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 class BlockDataset(Dataset):
     """Rows of a (n_blocks, seq_len) int32 array as int64 tensors."""
 
@@ -60,6 +65,8 @@ class StreamingBlocks(IterableDataset):
         eos = np.array([self.tokenizer.eos_id], dtype=np.int32)
         carry = np.zeros(0, dtype=np.int32)
         for doc in shard:
+            if not is_text(doc["text"]):  # a null or a number in a streamed text column: not a document
+                continue
             ids = np.concatenate([carry, *self.tokenizer.encode_texts([doc["text"]]), eos])
             n_blocks = len(ids) // self.seq_len
             for block in ids[:n_blocks * self.seq_len].reshape(n_blocks, self.seq_len):
@@ -169,9 +176,15 @@ class TextDataModule(L.LightningDataModule):
     def _split_documents(self):
         """(train texts dataset, val texts dataset) for map-style corpora."""
         docs = load_documents(self.source, self.hparams.text_column)
-        docs = docs.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+        total = len(docs)
+        docs = docs.filter(lambda b: [is_text(t) for t in b["text"]], batched=True)
         if len(docs) == 0:
-            raise DimbaError(f"the corpus {self.source.name!r} is empty (no non-blank text)")
+            column = "text" if self.source.builder == "text" else self.hparams.text_column
+            raise DimbaError(f"the corpus {self.source.name!r} is empty (no non-blank text in column {column!r}: its "
+                             "values are blank, null or numbers; --data.text_column names the text column)")
+        if len(docs) < total:
+            log.warning("%d of %d documents of %s are not text (blank, null or a number) and were skipped",
+                        total - len(docs), total, self.source.name)
         if len(docs) == 1:
             text = docs[0]["text"]
             cut = int(len(text) * (1 - self.hparams.val_fraction))
@@ -199,7 +212,8 @@ class TextDataModule(L.LightningDataModule):
         if path.exists():
             return Tokenizer.from_file(path)
         if hp.streaming:
-            texts = (d["text"] for d in load_documents(self.source, hp.text_column, streaming=True))
+            texts = (d["text"] for d in load_documents(self.source, hp.text_column, streaming=True)
+                     if is_text(d["text"]))
         else:
             texts = self._split_documents()[0]["text"]
         log.info("training a byte-level BPE tokenizer (vocab %d) on %s", hp.tokenizer_vocab_size, self.source.name)

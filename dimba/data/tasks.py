@@ -18,6 +18,7 @@ and `--data.task_options` use them as training data (`dimba.data.datamodule`).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -148,9 +149,12 @@ class Sudoku6:
         fill(0)
         return grid
 
+    MAX_TRIES = 2000  # removal orders tried (a new solution every 20) before a givens count is called unreachable
+
     def example(self, rng: random.Random) -> Example:
-        solution = self.random_solution(rng)
-        while True:
+        for tries in range(self.MAX_TRIES):
+            if tries % 20 == 0:
+                solution = self.random_solution(rng)
             puzzle = list(solution)
             for cell in rng.sample(range(36), 36):
                 if sum(v > 0 for v in puzzle) == self.givens:
@@ -160,6 +164,9 @@ class Sudoku6:
                     puzzle[cell] = keep
             if sum(v > 0 for v in puzzle) == self.givens:
                 break
+        else:
+            raise DimbaError(f"sudoku6 found no puzzle with a unique solution and {self.givens} givens in "
+                             f"{self.MAX_TRIES} tries: ask for more givens")
         cells = [f"d{v}" if v else "_" for v in puzzle]
         return Example(cells + ["="] + [f"d{v}" for v in solution],
                        [True] * 37 + [v > 0 for v in puzzle])
@@ -183,13 +190,27 @@ PEERS = [Sudoku6.peers(i) for i in range(36)]
 TASKS = {"path_star": PathStar, "sudoku6": Sudoku6}
 
 
+def check_option_types(what: str, options: dict, defaults: dict) -> None:
+    """Each option of the type of its default (an int is not a bool, a bool not an int): one line otherwise, not
+    a traceback from deep inside a generator."""
+    for name, value in options.items():
+        if name not in defaults:
+            raise DimbaError(f"unknown option {name!r} for {what}; options: {', '.join(defaults)}")
+        kind = type(defaults[name])
+        ok = isinstance(value, bool) if kind is bool else (isinstance(value, kind) and not isinstance(value, bool))
+        if not ok:
+            raise DimbaError(f"option {name} of {what} must be a {kind.__name__}, got {value!r}")
+
+
 def build_task(name: str, options: dict | None = None):
     if name not in TASKS:
         raise DimbaError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
-    try:
-        return TASKS[name](**(options or {}))
-    except TypeError as err:
-        raise DimbaError(f"bad options for task {name}: {err}") from None
+    options = options or {}
+    if not isinstance(options, dict):
+        raise DimbaError(f"task options must be a mapping, got {options!r}")
+    defaults = {k: p.default for k, p in inspect.signature(TASKS[name].__init__).parameters.items() if k != "self"}
+    check_option_types(f"task {name}", options, defaults)
+    return TASKS[name](**options)
 
 
 def make_split(task, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
@@ -198,8 +219,12 @@ def make_split(task, n_train: int, n_test: int, seed: int) -> tuple[list[Example
     if n_train < 1 or n_test < 1:
         raise DimbaError(f"a task split needs n_train and n_test >= 1, got {n_train}, {n_test}")
     test_rng, train_rng = random.Random(f"{task.name}:test:{seed}"), random.Random(f"{task.name}:train:{seed}")
-    test, seen = [], set()
+    test, seen, attempts = [], set(), 0
     while len(test) < n_test:
+        attempts += 1
+        if attempts > 20 * n_test + 1000:
+            raise DimbaError(f"task {task.name} has fewer distinct instances than n_test = {n_test} ({len(test)} found "
+                             f"in {attempts - 1} draws): ask for fewer, or choose larger task options")
         ex = task.example(test_rng)
         if task.key(ex) not in seen:
             seen.add(task.key(ex))
@@ -244,8 +269,12 @@ class TaskBlocks(torch.utils.data.Dataset):
 def task_split_arrays(source: str, options: dict | None, seq_len: int, cache: Path) -> dict[str, np.ndarray]:
     """The train and test arrays of `task:NAME` with its options (n_train, n_test, seed and the task's own knobs),
     built once and cached as .npz under cache/tasks."""
+    if not isinstance(options or {}, dict):
+        raise DimbaError(f"data.task_options must be a mapping, got {options!r}")
     options = dict(options or {})
-    n_train, n_test, seed = options.pop("n_train", 50_000), options.pop("n_test", 1000), options.pop("seed", 0)
+    split = {"n_train": 50_000, "n_test": 1000, "seed": 0}
+    check_option_types("the task split", {k: v for k, v in options.items() if k in split}, split)
+    n_train, n_test, seed = (options.pop(k, default) for k, default in split.items())
     task = build_task(source[len(TASK_PREFIX):], options)
     if task.length > seq_len:
         raise DimbaError(f"task {task.name} writes {task.length} tokens per example; set data.seq_len >= "

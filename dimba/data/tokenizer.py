@@ -56,7 +56,12 @@ class Tokenizer:
 
     @classmethod
     def from_str(cls, json_str: str) -> Tokenizer:
-        return cls(HFTokenizer.from_str(json_str))
+        if not isinstance(json_str, str):
+            raise DimbaError(f"a tokenizer must be a JSON string, got {type(json_str).__name__}")
+        try:
+            return cls(HFTokenizer.from_str(json_str))
+        except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
+            raise DimbaError(f"the tokenizer is not a valid tokenizer.json: {str(err).splitlines()[0]}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:

@@ -37,7 +37,7 @@ class TimeWarpConfig(Config):
     window: int = 8192  # the warp fits the most recent (t, CE) pairs, this many; used after half of them
 
     def __post_init__(self):
-        check(self.window >= 2, f"time_warp.window must be >= 2, got {self.window}")
+        check(2 <= self.window <= 1 << 24, f"time_warp.window must be in 2..16777216, got {self.window}")
 
 
 PROMPT_KINDS = ("prefix", "suffix", "spans", "scattered")

@@ -1,5 +1,5 @@
 """What an evaluation has finished, saved after each piece, so that an interrupted `dimba eval` loses at most
-the piece it was on; and the guard that keeps `dimba eval` from writing into a folder it does not own.
+the piece it was on.
 
 Every piece (one sampling setting's row, one entropy bisection, ...) is stored under a key that names it, in
 `<out_dir>/partial.json`, with a fingerprint of what all pieces depend on (the checkpoint files, prompts, data)
@@ -16,29 +16,10 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from dimba.errors import DimbaError
-
 JOURNAL_NAME = "partial.json"
-# Everything `dimba eval` writes into its --out_dir (and nothing else may be there).
-OUTPUT_PATTERNS = ("results.json", "results.md", "quality_vs_*.png", "task.json", "task.md", "task.png",
-                   JOURNAL_NAME, "partial.tmp", "events.out.tfevents.*")
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an output folder that holds anything `dimba eval` does not write (an export folder, a run, notes):
-    its files would be overwritten or mixed with the evaluation's."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise DimbaError(f"--out_dir {out_dir} exists and is not a folder")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not any(fnmatch(p.name, pat) for pat in OUTPUT_PATTERNS))
-    if foreign:
-        raise DimbaError(f"--out_dir {out_dir} holds files `dimba eval` did not write ({', '.join(foreign[:4])}"
-                         f"{', ...' if len(foreign) > 4 else ''}); choose a new folder")
 
 
 def file_identity(path: str | os.PathLike | None) -> list | None:

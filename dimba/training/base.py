@@ -44,6 +44,19 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
+def check_state_dict(expected: dict, saved: dict, source) -> None:
+    """One clear line instead of load_state_dict's traceback when the weights do not fit the configuration."""
+    for key, value in saved.items():
+        if key in expected and tuple(expected[key].shape) != tuple(getattr(value, "shape", ())):
+            raise DimbaError(f"{source}: its {key} has shape {tuple(getattr(value, 'shape', ()))} but its "
+                             f"configuration builds {tuple(expected[key].shape)}; use the model settings of the run "
+                             "that wrote it")
+    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or extra:
+        raise DimbaError(f"{source} does not fit its model: missing {missing[:3]}, unexpected {extra[:3]}; use the "
+                         "model settings of the run that wrote it")
+
+
 class LanguageModelBase(L.LightningModule):
     """Base of every model kind. Subclasses build `self.net`, call `save_configs(...)` in their constructor, and
     implement `loss`, `sample`, `generation_call`, `flops_per_token`."""
@@ -136,17 +149,10 @@ class LanguageModelBase(L.LightningModule):
             self._pending_rng_state = None
 
     def _check_shapes(self, checkpoint: dict) -> None:
-        """One clear line instead of load_state_dict's size-mismatch traceback when the config differs."""
-        own = self.state_dict()
-        saved = checkpoint.get("state_dict", {})
-        for key, value in saved.items():
-            if key in own and own[key].shape != value.shape:
-                raise DimbaError(f"the checkpoint's {key} has shape {tuple(value.shape)} but this configuration "
-                                 f"builds {tuple(own[key].shape)}; use the model settings of the run that wrote it")
-        missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-        if saved and (missing or extra):
-            raise DimbaError(f"the checkpoint does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}; "
-                             "use the model settings of the run that wrote it")
+        """One clear line instead of load_state_dict's size-mismatch traceback when the config differs (resuming
+        `fit` with other model settings)."""
+        if checkpoint.get("state_dict"):
+            check_state_dict(self.state_dict(), checkpoint["state_dict"], "the checkpoint")
 
     def _check_tokenizer(self, checkpoint: dict) -> None:
         saved = checkpoint.get("tokenizer_json")
@@ -161,6 +167,11 @@ class LanguageModelBase(L.LightningModule):
         self.tokenizer = saved
 
     # ------------------------------------------------------------------ generation
+    @property
+    def max_length(self) -> int:
+        """The longest sequence (prompt and generated tokens) this model generates: its training context."""
+        return self.seq_len
+
     def check_sampling(self, cfg: SamplingConfig) -> None:
         """Refuse, in one line, sampling settings this model kind would otherwise ignore."""
         unsupported = sorted(cfg.changed() - self.sampling_options)
@@ -185,6 +196,10 @@ class LanguageModelBase(L.LightningModule):
         cfg = cfg or SamplingConfig()
         if len(given) != len(sequences) or any(len(g) != len(s) for g, s in zip(given, sequences, strict=True)):
             raise ConfigError("every sequence needs a given-mask of its own length")
+        longest = max((len(s) for s in sequences), default=0)
+        if longest > self.max_length:
+            raise ConfigError(f"a sequence of {longest} tokens is longer than {self.display_name} can generate "
+                              f"({self.max_length} tokens, its context)")
         bad = [t for s, g in zip(sequences, given, strict=True) for t, k in zip(s, g, strict=True)
                if k and not 0 <= t < self.vocab_size]
         if bad:
@@ -216,6 +231,10 @@ class LanguageModelBase(L.LightningModule):
             raise ConfigError(f"the generation length must be >= 1, got {gen_len}")
         if not prompts:
             return []
+        longest = max(len(p) for p in prompts)
+        if longest + gen_len > self.max_length:  # before a list of gen_len placeholders is built
+            raise ConfigError(f"{longest} prompt tokens + {gen_len} new ones are more than {self.display_name} can "
+                              f"generate ({self.max_length} tokens, its context)")
         sequences = [list(p) + [0] * gen_len for p in prompts]
         given = [[True] * len(p) + [False] * gen_len for p in prompts]
         report = None

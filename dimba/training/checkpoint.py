@@ -4,6 +4,7 @@ hyper-parameters of older versions to today's layout, and build the model on any
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pickle
 import zipfile
@@ -13,8 +14,10 @@ import torch
 
 from dimba.config import Config
 from dimba.errors import DimbaError
-from dimba.training.base import LanguageModelBase
+from dimba.training.base import LanguageModelBase, check_state_dict
 from dimba.training.export import read_export
+
+MODEL_PACKAGE = "dimba.training"  # where every model kind lives (a checkpoint's class_path must point there)
 
 # Up to a92ad64 the LightningModules lived in other modules and took every setting as a flat keyword; their
 # checkpoints store flat hyper-parameters. Where each of those keywords lives now:
@@ -38,8 +41,12 @@ FLAT_LAYOUTS = {
 def upgrade_hparams(hparams: dict) -> dict:
     """Hyper-parameters of any version, as today's constructors take them (nested configs, current class path).
     Today's layout passes through unchanged."""
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
+        raise DimbaError(f"the checkpoint's hyper-parameters are not a mapping of names (a {type(hparams).__name__})")
     hp = {k: v for k, v in hparams.items() if k != "_instantiator"}
     path = hp.get("_class_path", "dimba.lit_module.DimbaLM")  # the oldest checkpoints name no class
+    if not isinstance(path, str):
+        raise DimbaError(f"the checkpoint's class path is not a name: {path!r}")
     hp["_class_path"] = path = MOVED_CLASSES.get(path, path)
     layout = FLAT_LAYOUTS.get(path)
     if layout is not None and "net" not in hp:
@@ -114,10 +121,11 @@ def load_checkpoint_file(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # Torch names the refused global; its advice (weights_only=False) is exactly what must not be done with a
-        # file one did not write.
-        refused = str(err).split("Unsupported global: ")[-1].split(" was not")[0].strip().splitlines()[0]
-        raise DimbaError(f"{path} holds objects other than plain data ({refused}); refusing to unpickle it, as that "
+        # Torch's message advises weights_only=False: exactly what must not be done with a file one did not write.
+        # Only the line that names what was refused is kept.
+        lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "global" in line]
+        refused = f" ({lines[0].strip()})" if lines else ""
+        raise DimbaError(f"{path} holds objects other than plain data{refused}; refusing to unpickle it, as that "
                          "could run code. Only checkpoints written by `dimba fit` load") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, OSError, MemoryError) as err:
         reason = (str(err).strip() or type(err).__name__).split(". ")[0].splitlines()[0]
@@ -143,30 +151,36 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def model_class(class_path: str) -> type[LanguageModelBase]:
-    """The LightningModule class a checkpoint names; only classes of this package are accepted."""
-    module, _, name = class_path.rpartition(".")
+    """The LightningModule class a checkpoint names. Only modules of `dimba.training` (the model kinds' package,
+    whose modules do nothing when imported) are imported: a checkpoint cannot make loading import anything else."""
+    module, _, name = class_path.rpartition(".") if isinstance(class_path, str) else ("", "", "")
     cls = None
-    if module.split(".")[0] == "dimba":
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            cls = None
+    if module.startswith(MODEL_PACKAGE + ".") and importlib.util.find_spec(module) is not None:
+        cls = getattr(importlib.import_module(module), name, None)
     if not (isinstance(cls, type) and issubclass(cls, LanguageModelBase)):
-        raise DimbaError(f"the checkpoint holds a {class_path}, which is not a model kind of this version")
+        raise DimbaError(f"the checkpoint holds a {class_path!r}, which is not a model kind of this version")
     return cls
 
 
 def build_model(ckpt: dict, source: str | Path = "the checkpoint") -> LanguageModelBase:
-    """The model a checkpoint dict describes (today's layout), with its weights, tokenizer and extras."""
+    """The model a checkpoint dict describes (today's layout), with its weights, tokenizer and extras. The
+    configuration is first built on the meta device (no memory), so that settings that do not fit the weights
+    (a config.json that says d_model 4096) are refused before anything of their size is allocated."""
     hparams = ckpt["hyper_parameters"]
-    cls = model_class(hparams["_class_path"])
+    cls = model_class(hparams.get("_class_path"))
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     try:
-        model = cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-        model.on_load_checkpoint(ckpt)  # tokenizer, clear shape errors, time warp
+        with torch.device("meta"):
+            probe = cls(**kwargs)
+        check_state_dict(probe.state_dict(), ckpt["state_dict"], source)
+        model = cls(**kwargs)
+        model.on_load_checkpoint(ckpt)  # tokenizer, time warp
         # Parameters saved in bf16 (or on a GPU) are cast to this model's fp32 copies on load.
         model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
+    except DimbaError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, RuntimeError) as err:
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise DimbaError(f"{source} does not match this version's {cls.__name__}: {first}") from None
     return model
 

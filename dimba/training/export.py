@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dimba.errors import DimbaError
@@ -67,9 +68,11 @@ def read_export(folder: Path) -> dict:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         tensors = load_file(str(folder / "model.safetensors"))
         tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
-    except (json.JSONDecodeError, OSError, RuntimeError, UnicodeDecodeError) as err:
-        raise DimbaError(f"{folder} holds an unreadable export: {err}") from None
-    if not isinstance(config, dict) or "class_path" not in config or "hyper_parameters" not in config:
+    except (json.JSONDecodeError, OSError, RuntimeError, UnicodeDecodeError, SafetensorError) as err:
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise DimbaError(f"{folder} holds an unreadable export: {reason}") from None
+    if not isinstance(config, dict) or "class_path" not in config or not isinstance(config.get("hyper_parameters"),
+                                                                                    dict):
         raise DimbaError(f"{folder}/config.json is not a DIMBA export configuration")
     state = {k: v for k, v in tensors.items() if not k.startswith(WARP_PREFIX)}
     warp = config.get("time_warp")
