@@ -164,7 +164,7 @@ def test_resume_with_another_tokenizer(trained, workdir):
     assert_clean_failure(dimba_in_process(*args), "trained with another tokenizer")
 
 
-@pytest.mark.parametrize("kind", ["dimba", pytest.param("ar", marks=pytest.mark.slow)])  # one kind by default: DDP is slow
+@pytest.mark.parametrize("kind", ["dimba", pytest.param("ar", marks=pytest.mark.slow)])  # DDP is slow: one kind
 def test_ddp_validation_reduces_every_rank(trained, trained_ar, workdir, kind):
     """Two CPU ranks validating one batch each report what one process reports over the same two batches:
     the torchmetrics aggregates are reduced over ranks (rank 0's own values would differ)."""
