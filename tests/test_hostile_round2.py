@@ -157,7 +157,7 @@ def test_sudoku_with_unreachable_givens_fails_instead_of_looping(monkeypatch):
 # ------------------------------------------------------------------ 4. no gigabytes from one line
 def test_huge_lengths_are_refused_before_allocating(trained, tmp_path):
     assert_clean_failure(predict(trained, "--infill", "true", "--prompt", "a {{1000000000}} b"),
-                         "the gaps ask for 1,000,000,000 tokens, more than the model's context")
+                         "the gaps ask for 1,000,000,000 tokens, more than the model generates (32 tokens)")
     model = dimba.load(trained, device="cpu")
     with pytest.raises(DimbaError, match="more than .* can generate"):
         model.complete("hi", length=10**9)

@@ -123,7 +123,10 @@ def test_hidden_latents_step_towards_the_x0_estimate():
     torch.testing.assert_close(seen_x[1][still_hidden], expected[still_hidden])
 
 
-@pytest.mark.parametrize("head", [dict(head="tied"), dict(head="untied"), dict(head="untied", wide_input=True)],
+# The default model's head by default; the other two heads with -m slow (the suite's time budget).
+@pytest.mark.parametrize("head", [pytest.param(dict(head="tied"), marks=pytest.mark.slow),
+                                  pytest.param(dict(head="untied"), marks=pytest.mark.slow),
+                                  dict(head="untied", wide_input=True)],
                          ids=["tied", "untied", "untied_wide_input"])
 def test_a_small_hybrid_model_overfits_sentences_and_completes_them(head):
     """Learning test: prompted with the first two words, the hybrid model writes the other eight exactly."""

@@ -72,7 +72,8 @@ def test_unsupported_sampling_settings_are_refused():
             model.generate([[1]], 3, SamplingConfig(**bad))
 
 
-@pytest.mark.parametrize("reveal", ["random", "confidence"])
+# Confidence-first order is checked by tests/test_sampler_steps.py; its learning run with -m slow.
+@pytest.mark.parametrize("reveal", ["random", pytest.param("confidence", marks=pytest.mark.slow)])
 def test_a_small_model_overfits_sentences_and_completes_them(reveal):
     """Learning test: prompted with the first two words, the model writes the other eight exactly."""
     warnings.filterwarnings("ignore")

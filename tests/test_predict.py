@@ -184,7 +184,7 @@ def test_predict_infill_fills_every_gap_and_keeps_the_template(trained, trained_
 
 @pytest.mark.parametrize("template,message", [("no gap", "prompt 1: the template has no gap"),
                                               ("a {{5 b", "prompt 1: unclosed placeholder"),
-                                              ("a {{500}} b", "more than the model's context")])
+                                              ("a {{500}} b", "more than the model generates")])
 def test_bad_infill_templates_end_in_one_line(trained, template, message):
     assert_clean_failure(predict(trained, "--prompt", template, "--infill", "true"), message)
 

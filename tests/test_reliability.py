@@ -233,7 +233,8 @@ def assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("model", ["gaussian.yaml", None], ids=["gaussian", "default_hybrid"])
+@pytest.mark.parametrize("model", [pytest.param("gaussian.yaml", marks=pytest.mark.slow), None],
+                         ids=["gaussian", "default_hybrid"])
 def test_a_run_killed_with_sigkill_resumes_exactly(workdir, tmp_path, model):
     """Uninterrupted vs killed (SIGKILL) and resumed, on a corpus of a few batches per epoch and (for the
     Gaussian model) a time-warp window the run fills: the final checkpoints are equal tensor by tensor (EMA and

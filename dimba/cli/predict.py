@@ -56,16 +56,17 @@ def decode_partial(tok, ids: list[int]) -> str:
     return "".join(out) + tok.decode(run)
 
 
-def encode_inputs(tok, prompts: list[str], context: int, length: int | None, infill: bool
+def encode_inputs(tok, prompts: list[str], context: int, limit: int, length: int | None, infill: bool
                   ) -> tuple[list[list[int]], list[list[bool]], list]:
     """(token ids, given masks, templates or None) of every prompt: a prompt followed by `length` new tokens
-    (default: the rest of the context), or an infilling template; checked against the context before anything
-    the size of a gap is allocated."""
+    (default: the rest of the training context), or an infilling template; checked against `limit` (what the model
+    generates at most: its context, or more for a block model) before anything the size of a gap is allocated."""
     sequences, given, templates = [], [], []
+    what_limit = f"the model's context of {limit} tokens" if limit == context else f"the model's limit of {limit:,}"
     for i, text in enumerate(prompts):
         if infill:
             try:
-                template = parse_template(text, max_tokens=context)
+                template = parse_template(text, max_tokens=limit)
             except DimbaError as err:
                 raise DimbaError(f"prompt {i + 1}: {err}") from None
             ids, mask = template.encode(tok.encode)
@@ -75,17 +76,37 @@ def encode_inputs(tok, prompts: list[str], context: int, length: int | None, inf
             new = length or context - len(prompt)
             ids, mask = prompt + [0] * max(new, 0), [True] * len(prompt) + [False] * max(new, 0)
             what = f"prompt {i + 1}"
-            if new < 1 or len(ids) > context:
+            if new < 1 or len(ids) > limit:
                 extra = f" + --length {length}" if length else ""
-                raise DimbaError(f"{what} is {len(prompt)} tokens{extra}, more than the model's context of "
-                                 f"{context} tokens")
-        if len(ids) > context:
-            raise DimbaError(f"{what} is {len(ids)} tokens with its gaps, more than the model's context of "
-                             f"{context} tokens")
+                raise DimbaError(f"{what} is {len(prompt)} tokens{extra}, more than {what_limit}")
+        if len(ids) > limit:
+            raise DimbaError(f"{what} is {len(ids)} tokens with its gaps, more than {what_limit}")
         sequences.append(ids)
         given.append(mask)
         templates.append(template)
     return sequences, given, templates
+
+
+class Stream:
+    """Prints one prompt's completion as the model commits it, left to right (a block model's blocks, the AR
+    model's tokens): the prompt at once, then each newly decided stretch, then the rest at the end."""
+
+    def __init__(self, tok, prompt: str, n_prompt_tokens: int):
+        self.tok, self.prompt, self.start, self.printed = tok, prompt, n_prompt_tokens, ""
+        print(prompt, end="", flush=True)
+
+    def commit(self, rows: list[int], tokens) -> None:
+        new = tokens[0, self.start:].tolist()
+        decided = new[:new.index(-1)] if -1 in new else new
+        # A multi-byte character whose last byte is still to come decodes as U+FFFD: wait for it.
+        text = self.tok.decode(decided, stop_at_eos=True).rstrip("\ufffd")
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            print(text[len(self.printed):], end="", flush=True)
+            self.printed = text
+
+    def finish(self, completion: str) -> None:
+        """The whole completion, at the end: what was not printed yet."""
+        print(completion[len(self.printed):] if completion.startswith(self.printed) else "\n" + completion)
 
 
 def result_row(tok, prompt: str, ids: list[int], given: list[bool], template) -> tuple[str, dict]:
@@ -129,7 +150,7 @@ def predict(ckpt_path: str, prompt: str | None = None, prompts: Path | None = No
     model = load_for_inference(ckpt_path, device)
     model.check_sampling(sampling)
     tok = model.tokenizer
-    sequences, given, templates = encode_inputs(tok, texts, model.seq_len, length, infill)
+    sequences, given, templates = encode_inputs(tok, texts, model.seq_len, model.max_length, length, infill)
     out = JsonlOutput(output, overwrite) if output is not None else None
     start = 0
     if out is not None:
@@ -140,6 +161,8 @@ def predict(ckpt_path: str, prompt: str | None = None, prompts: Path | None = No
         start = len(out.done)
         if start:
             print(f"{output}: {start} of {len(texts)} prompts already done, continuing", file=sys.stderr)
+    streamed = out is None and len(texts) == 1 and not show_steps and not infill
+    stream = Stream(tok, texts[0], given[0].count(True)) if streamed else None
     try:
         bar = tqdm(total=len(texts) - start, desc="prompts", disable=len(texts) - start <= 1, file=sys.stderr)
         for lo in range(start, len(texts), batch_size):
@@ -151,11 +174,13 @@ def predict(ckpt_path: str, prompt: str | None = None, prompts: Path | None = No
                         print(f"[step {step + 1}] {decode_partial(tok, guess[0].tolist())!r}", file=sys.stderr)
             began = time.perf_counter()
             filled = model.fill([sequences[i] for i in idx], [given[i] for i in idx], sampling, on_step=show,
-                                example_ids=idx)
+                                example_ids=idx, on_commit=None if stream is None else stream.commit)
             seconds = (time.perf_counter() - began) / len(idx)
             for i, ids in zip(idx, filled, strict=True):
                 text, row = result_row(tok, texts[i], ids, given[i], templates[i])
-                if out is None:
+                if stream is not None:
+                    stream.finish(row["completion"])
+                elif out is None:
                     print(text)
                 else:
                     out.write({**row, "steps": sampling.steps, "seconds": round(seconds, 4)})

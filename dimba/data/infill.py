@@ -72,8 +72,8 @@ def parse_template(text: str, max_tokens: int | None = None) -> Template:
             if n < 1:
                 raise DimbaError(f"a gap must be at least 1 token long; got {match.group(0)!r}")
             if max_tokens is not None and sum(gaps) + n > max_tokens:
-                raise DimbaError(f"the gaps ask for {sum(gaps) + n:,} tokens, more than the model's context of "
-                                 f"{max_tokens} tokens")
+                raise DimbaError(f"the gaps ask for {sum(gaps) + n:,} tokens, more than the model generates "
+                                 f"({max_tokens:,} tokens)")
             pieces.append("".join(piece))
             gaps.append(n)
             piece, i = [], match.end()

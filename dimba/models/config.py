@@ -36,11 +36,16 @@ class MambaConfig(Config):
     ngroups: int = 1  # groups sharing B and C (heads are split evenly over groups)
     chunk_size: int = 64  # block length of the chunked SSD scan (speed only: the output does not depend on it)
     impl: str = "auto"  # "torch" (any device), "cuda" (mamba-ssm kernels), "auto" (cuda when possible)
+    # Block diffusion (bidirectional networks): 0 = every layer sees the whole sequence both ways; k > 0 = the
+    # right-to-left mixer only inside blocks of k tokens, the left-to-right one across them (autoregressive across
+    # blocks, diffusion inside; generation block by block with the state as the cache). seq_len must be a multiple.
+    block_size: int = 0
 
     def __post_init__(self):
         for name in ("d_model", "n_layers", *_MIXER_FIELDS[:-1]):
             check(getattr(self, name) >= 1, f"net.{name} must be >= 1, got {getattr(self, name)}")
         check(self.mlp_ratio >= 0, f"net.mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        check(self.block_size >= 0, f"net.block_size must be >= 0 (0: no blocks), got {self.block_size}")
         one_of("net.impl", self.impl, IMPLS)
         d_inner = self.expand * self.d_model
         check(d_inner % self.headdim == 0, f"expand * d_model ({d_inner}) must be a multiple of net.headdim "

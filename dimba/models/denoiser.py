@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dimba.models.blocks import MambaBlock, RMSNorm
+from dimba.models.blocks import BlockState, MambaBlock, RMSNorm
 from dimba.models.conditioning import PromptEncoder, TimestepEmbedding
 from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.precision import linear_fp32, upcast
@@ -30,6 +30,7 @@ class DimbaDenoiser(nn.Module):
     def __init__(self, net: MambaConfig, config: DenoiserConfig, vocab_size: int):
         super().__init__()
         self.d_embed, self.embed_norm, self.x0_param = config.d_embed, config.embed_norm, config.x0_param
+        self.block_size = net.block_size
         self.self_conditioning = config.self_conditioning
         d_model, d_embed = net.d_model, config.d_embed
         self.embedding = nn.Embedding(vocab_size, d_embed)
@@ -70,14 +71,52 @@ class DimbaDenoiser(nn.Module):
         """(B, L) token ids -> (B, L, d_embed) clean embeddings x0."""
         return F.embedding(tokens, self.embedding_table())
 
+    def _clean(self, tokens: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None, table: Tensor
+               ) -> tuple[Tensor, Tensor]:
+        """(clean embeddings (B, L, d_embed) with a dropped prompt's tokens replaced by the null token, the mask of
+        the prompt positions that condition (B, L))."""
+        clean = F.embedding(tokens, table)  # (B, L, De)
+        if drop_prompt is None:
+            return clean, prompt_mask
+        hidden = drop_prompt[:, None, None] & prompt_mask[..., None]
+        clean = torch.where(hidden, self.null_token.to(clean.dtype).expand_as(clean), clean)
+        return clean, prompt_mask & ~drop_prompt[:, None]
+
+    def _inputs(self, x_t: Tensor | None, tokens: Tensor, prompt_mask: Tensor, self_cond: Tensor | None,
+                drop_prompt: Tensor | None, clean_mask: Tensor, clean: Tensor) -> Tensor:
+        """The residual stream's input (B, L, d_model): clean embeddings at clean_mask, x_t elsewhere, the
+        self-conditioning channel, the position kind and the wide input."""
+        x_in = clean if x_t is None else torch.where(clean_mask[..., None], clean, x_t.to(clean.dtype))
+        if self.self_conditioning:
+            sc = torch.zeros_like(x_in) if self_cond is None else self_cond.to(x_in.dtype)
+            x_in = torch.cat([x_in, sc.masked_fill(clean_mask[..., None], 0.0)], dim=-1)
+        h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(clean_mask.long())  # (B, L, D)
+        if self.wide_input:
+            shown = clean_mask if drop_prompt is None else clean_mask & ~(drop_prompt[:, None] & prompt_mask)
+            h = h + F.embedding(tokens, self.head.weight).to(h.dtype) * shown[..., None]
+        return h
+
+    def _head(self, h: Tensor, table: Tensor, logit_bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The final norm and the output head: (logits (.., V), x0_hat (.., d_embed)), both fp32."""
+        h = self.norm_f(h)
+        out = None if self.out_proj is None else linear_fp32(h, self.out_proj)  # (B, L, De)
+        with torch.autocast(h.device.type, enabled=False):  # fp32 logits and x0_hat (see linear_fp32)
+            logits = out @ table.t() if self.head is None else linear_fp32(h, self.head)  # (B, L, V)
+            if logit_bias is not None:
+                logits = logits + logit_bias
+            x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
+        return logits, x0_hat
+
     def forward(self, x_t: Tensor, t: Tensor, prompt_tokens: Tensor, prompt_mask: Tensor,
                 self_cond: Tensor | None = None, drop_prompt: Tensor | None = None, clean_mask: Tensor | None = None,
                 logit_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """
         Args:
             x_t: (B, L, d_embed) noised embeddings (values at clean positions are ignored).
-            t: (B,) diffusion time in [0, 1].
-            prompt_tokens: (B, L) token ids, read at clean positions only.
+            t: (B,) diffusion time in [0, 1]; or (B, n_blocks) with n_blocks > 1, one time per block: block
+                diffusion's training pass (`block_size` of the backbone; see `two_stream`).
+            prompt_tokens: (B, L) token ids, read at clean positions only (in block diffusion, everywhere by the
+                clean stream).
             prompt_mask: (B, L) bool, True where the token is a given prompt token (it feeds the prompt encoder).
             self_cond: (B, L, d_embed) previous x0 estimate, or None (zeros).
             drop_prompt: (B,) bool, True to hide the prompt (classifier-free guidance's unconditional branch).
@@ -91,27 +130,64 @@ class DimbaDenoiser(nn.Module):
         """
         clean_mask = prompt_mask if clean_mask is None else clean_mask
         table = self.embedding_table()
-        clean = F.embedding(prompt_tokens, table)  # (B, L, De)
-        if drop_prompt is not None:
-            hidden = drop_prompt[:, None, None] & prompt_mask[..., None]
-            clean = torch.where(hidden, self.null_token.to(clean.dtype).expand_as(clean), clean)
-        cond_mask = prompt_mask if drop_prompt is None else prompt_mask & ~drop_prompt[:, None]
-        x_in = torch.where(clean_mask[..., None], clean, x_t.to(clean.dtype))
-        if self.self_conditioning:
-            sc = torch.zeros_like(x_in) if self_cond is None else self_cond.to(x_in.dtype)
-            x_in = torch.cat([x_in, sc.masked_fill(clean_mask[..., None], 0.0)], dim=-1)
-        h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(clean_mask.long())  # (B, L, D)
-        if self.wide_input:
-            shown = clean_mask if drop_prompt is None else clean_mask & ~(drop_prompt[:, None] & prompt_mask)
-            h = h + F.embedding(prompt_tokens, self.head.weight).to(h.dtype) * shown[..., None]
-        c = self.time_embed(t) + self.prompt_encoder(clean, cond_mask)  # (B, D)
+        clean, cond_mask = self._clean(prompt_tokens, prompt_mask, drop_prompt, table)
+        h = self._inputs(x_t, prompt_tokens, prompt_mask, self_cond, drop_prompt, clean_mask, clean)
+        prompt_c = self.prompt_encoder(clean, cond_mask)  # (B, D)
+        if t.dim() == 2 and t.shape[1] > 1:
+            h = self.two_stream(h, t, prompt_tokens, prompt_mask, drop_prompt, clean, prompt_c)
+        else:
+            c = self.time_embed(t.reshape(-1)) + prompt_c  # (B, D)
+            for block in self.blocks:
+                h = block(h, c)
+        return self._head(h, table, logit_bias)
+
+    def two_stream(self, noisy: Tensor, t: Tensor, tokens: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None,
+                   clean: Tensor, prompt_c: Tensor) -> Tensor:
+        """Block diffusion's training pass over the residual stream of the noisy inputs (B, L, D): every block
+        (its own time t (B, n_blocks)) sees the clean stream before it through the left-to-right state, itself,
+        and nothing after it. The clean stream reads every token clean, at t = 0. Returns the noisy stream
+        after the blocks, (B, L, D)."""
+        B, L, D = noisy.shape
+        n_blocks = t.shape[1]
+        if self.block_size * n_blocks != L:
+            raise ValueError(f"{n_blocks} block times for {L} positions in blocks of {self.block_size}")
+        everywhere = torch.ones_like(prompt_mask)
+        h_clean = self._inputs(None, tokens, prompt_mask, None, drop_prompt, everywhere, clean)
+        c_clean = self.time_embed(torch.zeros(B, device=t.device, dtype=t.dtype)) + prompt_c
+        c_noisy = self.time_embed(t.reshape(-1)) + prompt_c.repeat_interleave(n_blocks, dim=0)  # (B * nb, D)
+        h_noisy = noisy.reshape(B * n_blocks, self.block_size, D)
         for block in self.blocks:
-            h = block(h, c)
-        h = self.norm_f(h)
-        out = None if self.out_proj is None else linear_fp32(h, self.out_proj)  # (B, L, De)
-        with torch.autocast(h.device.type, enabled=False):  # fp32 logits and x0_hat (see linear_fp32)
-            logits = out @ table.t() if self.head is None else linear_fp32(h, self.head)  # (B, L, V)
-            if logit_bias is not None:
-                logits = logits + logit_bias
-            x0_hat = torch.softmax(logits, dim=-1) @ table if self.x0_param == "softmax" else out
-        return logits, x0_hat
+            h_clean, h_noisy = block.two_stream(h_clean, c_clean, h_noisy, c_noisy, self.block_size)
+        return h_noisy.reshape(B, L, D)
+
+    # ------------------------------------------------------------------ block diffusion: generation
+    def start_blocks(self, tokens: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None = None) -> BlockState:
+        """The state before the first block: the prompt's encoding from every given position of tokens (B, L)."""
+        clean, cond_mask = self._clean(tokens, prompt_mask, drop_prompt, self.embedding_table())
+        return BlockState([None] * len(self.blocks), self.prompt_encoder(clean, cond_mask), drop_prompt)
+
+    def advance(self, state: BlockState, tokens: Tensor, prompt_mask: Tensor) -> BlockState:
+        """The state after the clean (committed) tokens (B, n) that follow it; prompt_mask (B, n) marks the given
+        prompt among them."""
+        clean, _ = self._clean(tokens, prompt_mask, state.drop_prompt, self.embedding_table())
+        h = self._inputs(None, tokens, prompt_mask, None, state.drop_prompt, torch.ones_like(prompt_mask), clean)
+        t0 = torch.zeros(tokens.shape[0], device=tokens.device)
+        c = self.time_embed(t0) + state.prompt_c
+        layers = []
+        for block, layer in zip(self.blocks, state.layers, strict=True):
+            h, after = block.block_from(h, c, layer, return_state=True)
+            layers.append(after)
+        return BlockState(layers, state.prompt_c, state.drop_prompt)
+
+    def denoise_block(self, state: BlockState, x_t: Tensor, t: Tensor, tokens: Tensor, prompt_mask: Tensor,
+                      self_cond: Tensor | None = None, clean_mask: Tensor | None = None,
+                      logit_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`forward` on one block (B, n) after what `state` summarises: cost O(n), whatever came before."""
+        clean_mask = prompt_mask if clean_mask is None else clean_mask
+        table = self.embedding_table()
+        clean, _ = self._clean(tokens, prompt_mask, state.drop_prompt, table)
+        h = self._inputs(x_t, tokens, prompt_mask, self_cond, state.drop_prompt, clean_mask, clean)
+        c = self.time_embed(t) + state.prompt_c
+        for block, layer in zip(self.blocks, state.layers, strict=True):
+            h, _ = block.block_from(h, c, layer)
+        return self._head(h, table, logit_bias)

@@ -31,15 +31,16 @@ def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
     return param
 
 
-def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, left: Tensor | None = None) -> Tensor:
     """Causal depthwise conv as d_conv shifted multiply-adds: y_t = sum_k w[:, k] x_{t - K + 1 + k} + b.
 
-    x: (batch, L, channels); weight: (channels, 1, K) as nn.Conv1d stores it. Same function as the padded
-    nn.Conv1d, but several times cheaper than oneDNN's depthwise-conv backward on CPU for small K.
+    x: (batch, L, channels); weight: (channels, 1, K) as nn.Conv1d stores it; left: optional (batch, K - 1,
+    channels) inputs before x (a carried state; zeros if None). Same function as the padded nn.Conv1d, but several
+    times cheaper than oneDNN's depthwise-conv backward on CPU for small K.
     """
     kernel = weight.shape[-1]
     length = x.shape[1]
-    padded = F.pad(x, (0, 0, kernel - 1, 0))
+    padded = F.pad(x, (0, 0, kernel - 1, 0)) if left is None else torch.cat([left.to(x.dtype), x], dim=1)
     y = sum(padded[:, k:k + length] * weight[:, 0, k] for k in range(kernel))
     return y if bias is None else y + bias
 
@@ -193,9 +194,14 @@ class Mamba2(nn.Module):
             y = torch.cat([upcast(F.silu(z0) * x0), y], dim=-1)
         return self.out_proj(y.to(dtype))
 
-    def _conv_state(self, xBC: Tensor) -> Tensor:
-        """Pre-conv inputs (b, L, conv_dim) -> the last d_conv of them as (b, conv_dim, d_conv), zero-padded."""
-        return F.pad(xBC.transpose(1, 2), (self.d_conv - xBC.shape[1], 0))
+    def _conv_state(self, xBC: Tensor, state: Mamba2State | None) -> Tensor:
+        """The last d_conv pre-conv inputs after xBC (b, L, conv_dim), continuing `state`, as (b, conv_dim, d_conv)."""
+        before = state.conv if state is not None else xBC.new_zeros(xBC.shape[0], self.conv_dim, self.d_conv)
+        return torch.cat([before.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)[..., -self.d_conv:]
+
+    def _conv_left(self, state: Mamba2State | None) -> Tensor | None:
+        """The d_conv - 1 pre-conv inputs before the next position, (b, d_conv - 1, conv_dim), or None (zeros)."""
+        return None if state is None else state.conv[..., 1:].transpose(1, 2)
 
     def resolve_impl(self, x: Tensor) -> str:
         """The path this call takes: "torch" or "cuda"."""
@@ -224,37 +230,55 @@ class Mamba2(nn.Module):
         """u: (batch, L, d_model) -> (batch, L, d_model)."""
         return self.prefill(u, return_state=False)[0]
 
-    def prefill(self, u: Tensor, return_state: bool = True) -> tuple[Tensor, Mamba2State | None]:
-        """Run over a prompt u: (batch, L, d_model); return the output and, if asked, the state after it."""
+    def prefill(self, u: Tensor, return_state: bool = True, state: Mamba2State | None = None
+                ) -> tuple[Tensor, Mamba2State | None]:
+        """Run over u: (batch, L, d_model), continuing from `state` (the state after what came before; None: the
+        start of a sequence); return the output and, if asked, the state after u."""
         if self.resolve_impl(u) == "cuda":
-            return self._forward_cuda(u, return_state)
-        return self._forward_torch(u, return_state)
+            return self._forward_cuda(u, return_state, state)
+        out, final, _ = self._forward_torch(u, return_state, state)
+        return out, final
 
-    def _forward_torch(self, u: Tensor, return_state: bool) -> tuple[Tensor, Mamba2State | None]:
+    def _forward_torch(self, u: Tensor, return_state: bool, state: Mamba2State | None = None, block: int = 0
+                       ) -> tuple[Tensor, Mamba2State | None, Mamba2State | None]:
+        """(output, the state after u if asked, and with `block` > 0 the state at the start of every block of u,
+        as a batch of (batch * n_blocks) states)."""
         batch, length, _ = u.shape
         z0, x0, z, xBC, dt = self._split(self.in_proj(u))
-        conv_state = self._conv_state(xBC) if return_state else None
-        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))
+        conv_state = self._conv_state(xBC, state) if return_state else None
+        xBC_raw = xBC
+        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, self._conv_left(state)))
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         # The scan runs in fp32 even under bf16 autocast: exp of cumulative decays and long sums of
-        # outer products lose too much in bf16.
+        # outer products lose too much in bf16. With blocks, chunks must tile them so that every block start is
+        # a chunk start (the output does not depend on the chunk size).
+        chunk = math.gcd(self.chunk_size, block) if block else self.chunk_size
         with torch.autocast(u.device.type, enabled=False):
             x = upcast(x).view(batch, length, self.nheads, self.headdim)
-            y, ssm_state = ssd_chunked_scan(
+            y, ssm_state, *chunk_states = ssd_chunked_scan(
                 x, self._dt(dt), -torch.exp(upcast(self.A_log)),
                 upcast(B).view(batch, length, self.ngroups, self.d_state),
-                upcast(C).view(batch, length, self.ngroups, self.d_state), self.chunk_size)
+                upcast(C).view(batch, length, self.ngroups, self.d_state), chunk,
+                initial_state=None if state is None else state.ssm, return_chunk_states=bool(block))
             y = y + self._skip(x)
         out = self._finish(y.reshape(batch, length, self.d_ssm), z, z0, x0, z.dtype)
-        return out, (Mamba2State(conv_state, ssm_state) if return_state else None)
+        starts = None
+        if block:
+            ssm = chunk_states[0][:, ::block // chunk].flatten(0, 1)  # (batch * n_blocks, h, p, n)
+            # The d_conv pre-conv inputs before each block start: windows of the front-padded inputs.
+            padded = torch.cat([self._conv_state(xBC_raw[:, :0], state), xBC_raw.transpose(1, 2)], dim=-1)
+            conv = padded.unfold(-1, self.d_conv, block)[:, :, :length // block]  # (b, conv_dim, n_blocks, d_conv)
+            starts = Mamba2State(conv.transpose(1, 2).flatten(0, 1), ssm)
+        return out, (Mamba2State(conv_state, ssm_state) if return_state else None), starts
 
-    def _forward_cuda(self, u: Tensor, return_state: bool) -> tuple[Tensor, Mamba2State | None]:
+    def _forward_cuda(self, u: Tensor, return_state: bool, state: Mamba2State | None = None
+                      ) -> tuple[Tensor, Mamba2State | None]:
         k = mamba_kernels()
         batch, length, _ = u.shape
         zxbcdt = self.in_proj(u)
         A = -torch.exp(upcast(self.A_log))
         limit = {} if self.dt_limit == (0.0, float("inf")) else {"dt_limit": self.dt_limit}
-        if k.causal_conv1d_fn is not None and self.d_mlp == 0 and not return_state:
+        if k.causal_conv1d_fn is not None and self.d_mlp == 0 and not return_state and state is None:
             out = k.split_conv1d_scan(
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A, D=self._D(),
                 chunk_size=self.chunk_size, activation="silu",
@@ -265,24 +289,40 @@ class Mamba2(nn.Module):
                 norm_before_gate=self.norm_before_gate, **limit)
             return out, None
         z0, x0, z, xBC, dt = self._split(zxbcdt)
-        conv_state = self._conv_state(xBC) if return_state else None
-        if k.causal_conv1d_fn is not None:
+        conv_state = self._conv_state(xBC, state) if return_state else None
+        if k.causal_conv1d_fn is not None and state is None:
             xBC = k.causal_conv1d_fn(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), bias=self.conv1d.bias,
                                      activation="silu").transpose(1, 2)
-        else:
-            xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))
+        else:  # a carried conv tail: the plain depthwise conv over it (d_conv multiply-adds)
+            xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias, self._conv_left(state)))
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         result = k.chunk_scan(
             x.view(batch, length, self.nheads, self.headdim), dt, A,
             B.view(batch, length, self.ngroups, self.d_state), C.view(batch, length, self.ngroups, self.d_state),
             chunk_size=self.chunk_size, D=self._D(), z=None if self.rmsnorm else z.view(*x.shape[:2], self.nheads,
                                                                                          self.headdim),
-            dt_bias=self.dt_bias, dt_softplus=True, return_final_states=return_state, **limit)
+            dt_bias=self.dt_bias, dt_softplus=True, return_final_states=return_state,
+            initial_states=None if state is None else state.ssm.to(x.dtype), **limit)
         y, ssm_state = result if return_state else (result, None)
         if not self.rmsnorm:  # the kernel already applied the z gate
             z = None
         out = self._finish(y.reshape(batch, length, self.d_ssm), z, z0, x0, zxbcdt.dtype)
         return out, (Mamba2State(conv_state, upcast(ssm_state)) if return_state else None)
+
+    # ------------------------------------------------------------------ block diffusion: two streams
+    def two_stream(self, clean: Tensor, noisy: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """The training pass of block diffusion (BD3-LM's two streams, with the SSM state as the cache).
+
+        clean: (b, L, d_model), L a multiple of `block`: causal over the whole sequence, as `forward`.
+        noisy: (b * n_blocks, block, d_model), each row a block's corrupted version: it starts from the state the
+            clean stream has at that block's start (the SSM state and the conv tail of the clean inputs before
+            it), so no block sees itself clean, nor anything after it.
+        Returns (clean output (b, L, d_model), noisy output (b * n_blocks, block, d_model)).
+        The clean stream runs the torch scan, which gives the state at every chunk start; the noisy stream takes
+        the CUDA kernels when `impl` allows (they take initial states).
+        """
+        y_clean, _, starts = self._forward_torch(clean, return_state=False, block=block)
+        return y_clean, self.prefill(noisy, return_state=False, state=starts)[0]
 
     # ------------------------------------------------------------------ recurrent decoding
     def empty_state(self, batch: int, device=None, dtype=None) -> Mamba2State:

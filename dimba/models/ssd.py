@@ -25,7 +25,8 @@ def ssd_chunked_scan(
     C: Tensor,
     chunk_size: int,
     initial_state: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+    return_chunk_states: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Run the SSD recurrence over a whole sequence, chunk by chunk.
 
     Args:
@@ -35,9 +36,12 @@ def ssd_chunked_scan(
         B, C: (batch, L, ngroups, d_state); heads are split evenly over groups.
         chunk_size: Q, the block length of the quadratic form. Any L is accepted.
         initial_state: optional (batch, nheads, headdim, d_state) state before the first step.
+        return_chunk_states: also return the state entering each chunk (block diffusion reads the state at
+            every block start from it, with chunk_size dividing the block).
     Returns:
         y: (batch, L, nheads, headdim), without the D skip term.
         final_state: (batch, nheads, headdim, d_state) state after the last step.
+        chunk_states (if asked): (batch, n_chunks, nheads, headdim, d_state), the state before chunk c's first step.
     All inputs are expected in one floating dtype (the mixer passes fp32).
     """
     batch, length, nheads, headdim = x.shape
@@ -89,4 +93,7 @@ def ssd_chunked_scan(
     y_off = torch.einsum("bcign,bcgkpn->bcigkp", C, states_in) * torch.exp(cum).unsqueeze(-1)
 
     y = (y_diag + y_off).reshape(batch, nchunks * q, nheads, headdim)[:, :length]
-    return y, state.reshape(batch, nheads, headdim, d_state)
+    final = state.reshape(batch, nheads, headdim, d_state)
+    if return_chunk_states:
+        return y, final, states_in.reshape(batch, nchunks, nheads, headdim, d_state)
+    return y, final

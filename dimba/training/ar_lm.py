@@ -46,6 +46,9 @@ class ARLM(LanguageModelBase):
         if fim_rate > 0 and seq_len < 8:
             raise ConfigError(f"fill-in-the-middle needs seq_len >= 8, got {seq_len}")
         self.net_config = MambaConfig.from_dict(net)
+        if self.net_config.block_size:
+            raise ConfigError("net.block_size is for the bidirectional diffusion models; the AR baseline is causal "
+                              "(set net.block_size: 0)")
         self.fim_rate = fim_rate
         self.save_configs(net=self.net_config, fim_rate=fim_rate)
         # The three FIM sentinels <PRE>, <SUF>, <MID> are embedding rows after the tokenizer's vocabulary.
@@ -123,28 +126,24 @@ class ARLM(LanguageModelBase):
         return float((nll * m).sum()), int(m.sum())
 
     def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
-                   on_step: OnStep | None) -> Tensor:
+                   on_step: OnStep | None, on_commit=None) -> Tensor:
         """Left to right, one recurrent `step` per position after EOS: a given position is fed as it is (teacher
         forcing), the others are drawn from the model given everything to their left; a plain autoregressive
         model never sees what is to its right. The positions given in every row from the start are one prefill.
         A FIM-trained model fills each gap that has given text after it from a <PRE> left <SUF> right <MID>
         prompt instead (right: the given tokens up to the next gap)."""
         if self.sentinels and bool((~given[:, :-1] & given[:, 1:]).any()):
-            return self._fill_in_the_middle(tokens, given, cfg, streams, on_step)
+            return self._fill_in_the_middle(tokens, given, cfg, streams, on_step, on_commit)
         B, L = tokens.shape
         not_given = (~given).int()
         prefix = int(not_given.argmax(1).min()) if bool(not_given.any()) else L  # given in every row up to here
         ids = torch.cat([tokens.new_full((B, 1), self.eos_id), tokens[:, :prefix]], dim=1)
         out = torch.where(given, tokens, torch.full_like(tokens, -1))
-        self._decode(ids, range(prefix, L), out, given, cfg, streams, on_step)
+        self._decode(ids, range(prefix, L), out, given, cfg, streams, on_step, on_commit=on_commit)
         return out
 
-    @property
-    def eos_id(self) -> int:
-        return self.tokenizer.eos_id if self.tokenizer is not None else 0
-
     def _decode(self, ids: Tensor, positions, out: Tensor, given: Tensor, cfg: SamplingConfig,
-                streams: ExampleStreams, on_step: OnStep | None, step_offset: int = 0) -> None:
+                streams: ExampleStreams, on_step: OnStep | None, step_offset: int = 0, on_commit=None) -> None:
         """Prefill ids (b, P), then write one token per position of `out` (b, L) in turn: the given one, or one
         drawn from the model (never a FIM sentinel)."""
         logits, state = self.net.prefill(ids)
@@ -156,11 +155,13 @@ class ARLM(LanguageModelBase):
             out[:, pos] = token
             if on_step is not None:
                 on_step(step_offset + k, out)
+            if on_commit is not None:  # each token is final once drawn
+                on_commit(out)
             if k + 1 < len(positions):
                 logits, state = step(token, state)
 
     def _fill_in_the_middle(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
-                            on_step: OnStep | None) -> Tensor:
+                            on_step: OnStep | None, on_commit=None) -> Tensor:
         """Row by row, gap by gap, left to right: a gap followed by given text is generated after
         <PRE> everything left of it <SUF> the given text up to the next gap <MID>; a trailing gap continues
         EOS + everything left of it."""
@@ -187,7 +188,9 @@ class ARLM(LanguageModelBase):
                 else:
                     ids = torch.cat([left_ids.new_tensor([[self.eos_id]]), left_ids], dim=1)
                 report = None if on_step is None else (lambda i, _row, b=b: on_step(i, out))
-                self._decode(ids, range(pos, end), out[b:b + 1], row_given, cfg, streams.subset([b]), report, done)
+                commit = None if on_commit is None else (lambda _row: on_commit(out))
+                self._decode(ids, range(pos, end), out[b:b + 1], row_given, cfg, streams.subset([b]), report, done,
+                             commit)
                 done += end - pos
                 pos = end
         return out

@@ -26,6 +26,7 @@ from dimba.training.optim import OptimConfig, build_optimizer
 # position, -1 where a model has not decided one yet. GroupStep(step, rows, tokens): the same for a group of rows.
 OnStep = Callable[[int, Tensor], None]
 GroupStep = Callable[[int, list[int], Tensor], None]
+GroupCommit = Callable[[list[int], Tensor], None]
 
 
 def unpack(batch) -> tuple[Tensor, Tensor | None]:
@@ -67,6 +68,7 @@ class LanguageModelBase(L.LightningModule):
     display_name = "this model"  # in sentences
     sampling_options: frozenset[str] = frozenset()  # SamplingConfig fields the model reads
     can_score = False  # can judge text (`score`): autoregressive models only
+    block_size = 0  # block diffusion's block (`dimba.training.blockwise`); 0: none
 
     def __init__(self, vocab_size: int, seq_len: int, optim: OptimConfig | dict):
         super().__init__()
@@ -180,9 +182,15 @@ class LanguageModelBase(L.LightningModule):
             raise ConfigError(f"{self.display_name} cannot honour the sampling setting(s) {settings}; it reads "
                               f"only {', '.join(sorted(self.sampling_options | {'seed'}))}")
 
+    @property
+    def eos_id(self) -> int:
+        """The end-of-sequence token (it starts and ends documents): the tokenizer's, or 0 without one."""
+        return self.tokenizer.eos_id if self.tokenizer is not None else 0
+
     @torch.no_grad()
     def fill(self, sequences: list[list[int]], given: list[list[bool]], cfg: SamplingConfig | None = None,
-             on_step: GroupStep | None = None, example_ids: Sequence[int] | None = None) -> list[list[int]]:
+             on_step: GroupStep | None = None, example_ids: Sequence[int] | None = None,
+             on_commit: GroupCommit | None = None) -> list[list[int]]:
         """Complete token sequences at the positions not given: conditioning on any positions (a prompt is a
         given prefix, infilling a given prefix and suffix, a puzzle its given cells). Values at positions not
         given are ignored. Returns every sequence with all its positions set.
@@ -191,7 +199,8 @@ class LanguageModelBase(L.LightningModule):
         from its own random stream derived from (cfg.seed, its index), so results do not depend on the batch.
         Sequences of one length are sampled together (the network sees each example's own sequence only).
         on_step(i, rows, guess): after step i of the group of examples `rows`, their current tokens (b, L),
-        -1 where not decided yet.
+        -1 where not decided yet. on_commit(rows, tokens): when tokens are committed for good, left to right (a
+        block of a block model, a token of the AR model), the group's tokens (b, L), -1 where not decided yet.
         """
         cfg = cfg or SamplingConfig()
         if len(given) != len(sequences) or any(len(g) != len(s) for g, s in zip(given, sequences, strict=True)):
@@ -218,7 +227,8 @@ class LanguageModelBase(L.LightningModule):
                                   dtype=torch.long, device=self.device).view(len(rows), length)
             mask = torch.tensor([given[r] for r in rows], dtype=torch.bool, device=self.device).view(len(rows), length)
             report = None if on_step is None else (lambda i, guess, rows=rows: on_step(i, rows, guess))
-            filled = self.fill_group(tokens, mask, cfg, streams.subset(rows), report)
+            commit = None if on_commit is None else (lambda guess, rows=rows: on_commit(rows, guess))
+            filled = self.fill_group(tokens, mask, cfg, streams.subset(rows), report, commit)
             for r, row in zip(rows, torch.where(mask, tokens, filled).tolist(), strict=True):
                 out[r] = row
         return out
@@ -250,10 +260,11 @@ class LanguageModelBase(L.LightningModule):
         return [row[len(p):] for row, p in zip(filled, prompts, strict=True)]
 
     def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
-                   on_step: OnStep | None) -> Tensor:
+                   on_step: OnStep | None, on_commit: Callable[[Tensor], None] | None = None) -> Tensor:
         """The model kind's own generation: tokens and given (b, L), all of one length, the request already
         checked -> (b, L) tokens (positions given are kept by `fill` whatever this returns there); on_step(i,
-        guess (b, L)) after each step, -1 where not decided yet."""
+        guess (b, L)) after each step, -1 where not decided yet; on_commit(tokens (b, L)) when tokens are
+        committed for good, left to right (models that commit that way)."""
         raise NotImplementedError
 
     def complete(self, prompts: str | list[str], length: int | None = None, batch_size: int = 16,
@@ -286,11 +297,11 @@ class LanguageModelBase(L.LightningModule):
         return decoded[0] if single else decoded
 
     def describe(self, cfg: SamplingConfig) -> str:
-        """A row label for results tables: the model, its step count when it has steps, and every option it reads
-        that differs from the default, e.g. "DIMBA hybrid, 32 steps, reveal confidence, temperature 0.85"."""
-        parts = [self.short_name]
+        """A row label for results tables: the model (and its block size), its step count when it has steps, and
+        every option it reads that differs from the default, e.g. "DIMBA hybrid, 32 steps, reveal confidence"."""
+        parts = [self.short_name + (f" block {self.block_size}" if self.block_size else "")]
         if "steps" in self.sampling_options:
-            parts.append(f"{cfg.steps} steps")
+            parts.append(f"{cfg.steps} steps" + (" per block" if self.block_size else ""))
         parts += [f"{name.replace('_', ' ')} {getattr(cfg, name)}"
                   for name in sorted(cfg.changed() & self.sampling_options - {"steps"})]
         return ", ".join(parts)

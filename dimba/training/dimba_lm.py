@@ -46,9 +46,9 @@ class DimbaLM(EmbeddingDiffusionLM):
         self.warp = TimeWarp(window=warp_config.window) if warp_config.enabled else None
 
     # ------------------------------------------------------------------ training
-    def sample_times(self, batch: int) -> Tensor:
+    def sample_times(self, n: int) -> Tensor:
         """Uniform, or through the learned warp once it is ready (where the token CE changes)."""
-        u = torch.rand(batch, device=self.device)
+        u = torch.rand(n, device=self.device)
         t = self.warp.warp(u) if self.warp is not None else u
         return t.clamp(T_MIN, 1.0)
 
@@ -82,10 +82,10 @@ class DimbaLM(EmbeddingDiffusionLM):
             self.warp.load_state_dict(checkpoint["time_warp"])
 
     # ------------------------------------------------------------------ sampling
-    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
-                   on_step: OnStep | None) -> Tensor:
+    def sample_span(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                    on_step: OnStep | None, cache: dict | None) -> Tensor:
         """Reverse diffusion over (b, L) with the given positions clean (and feeding the prompt encoder)."""
         sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
         report = None if on_step is None else lambda i, guess: on_step(i, torch.where(given, tokens, guess))
-        return reverse_diffusion(self.denoiser(given, cfg), sampler, self.guidance(cfg), cfg, streams, tokens, given,
-                                 self.warp, report)
+        return reverse_diffusion(self.denoiser(given, cfg, cache), sampler, self.guidance(cfg), cfg, streams, tokens,
+                                 given, self.warp, report)

@@ -25,6 +25,7 @@ from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.models.denoiser import DimbaDenoiser
 from dimba.sampling import SamplingConfig
 from dimba.training.base import LanguageModelBase, LossOutput, unpack
+from dimba.training.blockwise import BlockDiffusion
 from dimba.training.optim import OptimConfig
 from dimba.training.validation import FixedTimeMetrics, FixedTimeValidation, per_example_draws
 
@@ -37,9 +38,9 @@ class DiffusionStepLoss(LossOutput):
     per_example_ce: Tensor | None = None  # (B,)
 
 
-class EmbeddingDiffusionLM(FixedTimeValidation, LanguageModelBase):
+class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
     """Base of the DIMBA kinds. Subclasses call `__init__` with their extra config objects (saved with the rest)
-    and implement `sample_times`, `corrupt`, `objective` and `fill_group`."""
+    and implement `sample_times`, `corrupt`, `objective` and `sample_span`."""
 
     noises_embeddings = True  # `dimba eval --diagnose` measures the noise on the embeddings
     uses_uniforms = False  # the corruption draws a uniform per position (fixed per example in validation)
@@ -53,14 +54,15 @@ class EmbeddingDiffusionLM(FixedTimeValidation, LanguageModelBase):
         self.prompt_config = PromptConfig.from_dict(prompt)
         self.save_configs(net=self.net_config, denoiser=self.denoiser_config, diffusion=self.diffusion_config,
                           prompt=self.prompt_config, **more)
+        self.check_block_size()
         self.net = DimbaDenoiser(self.net_config, self.denoiser_config, vocab_size)
         self.schedule = NoiseSchedule(self.diffusion_config.schedule, log_snr_shift=self.diffusion_config.log_snr_shift,
                                       d_embed=self.denoiser_config.d_embed)
         self.eval_metrics = FixedTimeMetrics()
 
     # ------------------------------------------------------------------ what a kind defines
-    def sample_times(self, batch: int) -> Tensor:
-        """(B,) training times in (0, 1]."""
+    def sample_times(self, n: int) -> Tensor:
+        """(n,) training times in (0, 1], one per example (per block with block diffusion)."""
         raise NotImplementedError
 
     def corrupt(self, generated: Tensor, t: Tensor, uniforms: Tensor | None) -> Tensor:
@@ -84,15 +86,23 @@ class EmbeddingDiffusionLM(FixedTimeValidation, LanguageModelBase):
     def denoising_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None,
                        self_cond_prob: float, noise: Tensor | None = None, uniforms: Tensor | None = None
                        ) -> DiffusionStepLoss:
-        """The loss of denoising `tokens` (B, L) corrupted at t (B,), with the prompt_mask positions given.
-        noise (B, L, d) and uniforms (B, L): optional draws of the corruption (fixed ones in validation)."""
+        """The loss of denoising `tokens` (B, L) corrupted at t, with the prompt_mask positions given. t: (B,), or
+        (B, n_blocks) for block diffusion (each block its own time; a (B,) t is shared by an example's blocks).
+        noise (B, L, d) and uniforms (B, L): optional draws of the corruption (fixed ones in validation).
+        The corruption and the loss treat each block as an example of its own (`as_rows`)."""
         cfg = self.diffusion_config
+        B, L = tokens.shape
+        t = self.block_times(t, L)
+        n = self.blocks_in(L)
+        row_t = t.reshape(-1)  # (B * n_blocks,)
         x0 = self.net.embed(tokens)
         noise = torch.randn_like(x0) if noise is None else noise
-        x_t = self.schedule.q_sample(x0, t, noise)
-        bias = self.skip_logits(x_t, t)
-        generated = ~prompt_mask
-        corrupted = self.corrupt(generated, t, uniforms)
+        x_t = self.schedule.q_sample(self.as_rows(x0, n), row_t, self.as_rows(noise, n))
+        bias = self.skip_logits(x_t, row_t)
+        generated = self.as_rows(~prompt_mask, n)
+        corrupted = self.corrupt(generated, row_t, None if uniforms is None else self.as_rows(uniforms, n))
+        x_t, corrupted = x_t.reshape(B, L, -1), corrupted.reshape(B, L)
+        bias = None if bias is None else bias.reshape(B, L, -1)
 
         def net(self_cond):
             return self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt, ~corrupted, bias)
@@ -103,16 +113,18 @@ class EmbeddingDiffusionLM(FixedTimeValidation, LanguageModelBase):
             with torch.no_grad():  # a first estimate, fed back without gradient (Chen et al. 2022)
                 self_cond = net(None)[1].detach()
         logits, x0_hat = net(self_cond)
-        parts = diffusion_loss(logits, x0_hat, x0, tokens, corrupted, cfg.mse_weight, cfg.ce_weight)
-        total = self.objective(logits, parts, tokens, corrupted, generated, t)
+        logits, x0_hat, x0, rows, corrupted = (self.as_rows(v, n) for v in (logits, x0_hat, x0, tokens, corrupted))
+        parts = diffusion_loss(logits, x0_hat, x0, rows, corrupted, cfg.mse_weight, cfg.ce_weight)
+        total = self.objective(logits, parts, rows, corrupted, generated, row_t)
         return DiffusionStepLoss(total=total, metrics={"mse": parts.mse, "ce": parts.ce, "acc": parts.accuracy},
-                                 t=t, per_example_ce=parts.per_example_ce)
+                                 t=row_t, per_example_ce=parts.per_example_ce)
 
     def loss(self, batch) -> DiffusionStepLoss:
         """Text: random prompts (PromptConfig). Tasks: the question given, the answer generated."""
         tokens, given = unpack(batch)
         B, L_ = tokens.shape
-        t = self.sample_times(B)
+        n = self.blocks_in(L_)
+        t = self.sample_times(B * n).view(B, n) if n > 1 else self.sample_times(B)
         if given is None:
             prompt_mask, drop = training_prompt(self.prompt_config, B, L_, self.device)
         else:
@@ -145,17 +157,32 @@ class EmbeddingDiffusionLM(FixedTimeValidation, LanguageModelBase):
         tokens = torch.zeros(1, length, dtype=torch.long, device=self.device)
         return lambda: self.net(x, t, tokens, torch.zeros_like(tokens, dtype=torch.bool))
 
-    def denoiser(self, given: Tensor, cfg: SamplingConfig) -> Denoise:
+    def denoiser(self, given: Tensor, cfg: SamplingConfig, cache: dict | None = None) -> Denoise:
         """The network as the samplers call it (`dimba.diffusion.guidance.Denoise`), with the given positions
-        (B, L) as the prompt, the skip logits added, and self-conditioning off when the model or cfg has none."""
+        (B, L) as the prompt, the skip logits added, and self-conditioning off when the model or cfg has none.
+        With a block cache (`block_cache`), the positions are one block after the cached state."""
         net = self.generation_fn()
         use_self_cond = cfg.self_condition and self.net.self_conditioning
 
         def denoise(x_t, t, tokens, clean, self_cond, drop):
-            return net(x_t, t, tokens, given, self_cond if use_self_cond else None, drop, clean,
-                       self.skip_logits(x_t, t))
+            self_cond = self_cond if use_self_cond else None
+            if cache is None:
+                return net(x_t, t, tokens, given, self_cond, drop, clean, self.skip_logits(x_t, t))
+            return self.net.denoise_block(cache[drop is not None], x_t, t, tokens, given, self_cond, clean,
+                                          self.skip_logits(x_t, t))
 
         return denoise
+
+    def block_cache(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig) -> dict:
+        """One state per guidance branch (conditional; unconditional when guidance != 1), keyed by whether the
+        prompt is dropped; the prompt's encoding reads every given position of tokens (B, L)."""
+        cache = {False: self.net.start_blocks(tokens, given)}
+        if cfg.guidance != 1.0:
+            cache[True] = self.net.start_blocks(tokens, given, torch.ones_like(given[:, 0]))
+        return cache
+
+    def advance_cache(self, cache: dict, tokens: Tensor, given: Tensor) -> dict:
+        return {dropped: self.net.advance(state, tokens, given) for dropped, state in cache.items()}
 
     def guidance(self, cfg: SamplingConfig) -> Guidance:
         if cfg.x0_temperature != 1.0 and self.net.x0_param != "softmax":

@@ -40,9 +40,9 @@ class HybridLM(EmbeddingDiffusionLM):
                  optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
         super().__init__(net, denoiser, diffusion, prompt, optim, vocab_size, seq_len)
 
-    def sample_times(self, batch: int) -> Tensor:
+    def sample_times(self, n: int) -> Tensor:
         """Uniform (stratified): the ELBO's 1/t weight already says where the loss matters."""
-        return stratified_times(batch, self.device)
+        return stratified_times(n, self.device)
 
     def corrupt(self, generated: Tensor, t: Tensor, uniforms: Tensor | None) -> Tensor:
         return hide(generated, t, uniforms)  # each generated position with probability t
@@ -52,11 +52,11 @@ class HybridLM(EmbeddingDiffusionLM):
         cfg = self.diffusion_config
         return cfg.ce_weight * elbo_cross_entropy(logits, tokens, corrupted, generated, t) + cfg.mse_weight * parts.mse
 
-    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
-                   on_step: OnStep | None) -> Tensor:
+    def sample_span(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                    on_step: OnStep | None, cache: dict | None) -> Tensor:
         """Commit the positions not given over cfg.steps steps, the others diffusing as latents."""
         sampler = DDIMSampler.named(cfg.sampler, self.schedule, cfg.eta)
         commit = CommitStep(cfg.reveal, cfg.temperature, cfg.top_p)
-        return hybrid_reverse_diffusion(self.denoiser(given, cfg), sampler, self.guidance(cfg), commit, cfg.steps,
-                                        cfg.self_condition and self.net.self_conditioning, streams, tokens, given,
-                                        on_step)
+        return hybrid_reverse_diffusion(self.denoiser(given, cfg, cache), sampler, self.guidance(cfg), commit,
+                                        cfg.steps, cfg.self_condition and self.net.self_conditioning, streams, tokens,
+                                        given, on_step)

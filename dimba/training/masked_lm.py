@@ -17,15 +17,17 @@ from dimba.diffusion.config import PromptConfig
 from dimba.diffusion.losses import elbo_cross_entropy
 from dimba.diffusion.masking import CommitStep, hide, stratified_times
 from dimba.diffusion.masks import any_position_mask
+from dimba.models.blocks import BlockState
 from dimba.models.config import MambaConfig
 from dimba.models.masked import MaskedDenoiser
 from dimba.sampling import ExampleStreams, SamplingConfig
 from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
+from dimba.training.blockwise import BlockDiffusion
 from dimba.training.optim import OptimConfig
 from dimba.training.validation import FixedTimeMetrics, FixedTimeValidation, per_example_draws
 
 
-class MaskedLM(FixedTimeValidation, LanguageModelBase):
+class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
     """Masked diffusion LM.
 
     Args:
@@ -43,27 +45,36 @@ class MaskedLM(FixedTimeValidation, LanguageModelBase):
         self.net_config = MambaConfig.from_dict(net)
         self.prompt_config = PromptConfig.from_dict(prompt)
         self.save_configs(net=self.net_config, prompt=self.prompt_config)
+        self.check_block_size()
         self.net = MaskedDenoiser(self.net_config, vocab_size)
         self.eval_metrics = FixedTimeMetrics()
 
     # ------------------------------------------------------------------ training
     def masked_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, uniforms: Tensor | None = None
                     ) -> LossOutput:
-        """Negative ELBO per generated token: sum over hidden positions of CE / t, over the generated count."""
-        generated = ~prompt_mask
-        hidden = hide(generated, t, uniforms)
-        logits = self.net(tokens.masked_fill(hidden, self.net.mask_id))
-        ce = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")  # (B, L)
+        """Negative ELBO per generated token: sum over hidden positions of CE / t, over the generated count. t: (B,),
+        or (B, n_blocks) for block diffusion, where each block is an example of its own."""
+        B, L = tokens.shape
+        t = self.block_times(t, L)
+        n = self.blocks_in(L)
+        row_t = t.reshape(-1)
+        generated = self.as_rows(~prompt_mask, n)
+        hidden = hide(generated, row_t, None if uniforms is None else self.as_rows(uniforms, n))
+        noisy = tokens.masked_fill(hidden.reshape(B, L), self.net.mask_id)
+        logits = self.as_rows(self.net(noisy) if n == 1 else self.net(noisy, tokens), n)
+        rows = self.as_rows(tokens, n)
+        ce = F.cross_entropy(logits.transpose(1, 2), rows, reduction="none")  # (rows, L / n)
         count = hidden.sum().clamp(min=1)
-        correct = (logits.argmax(-1) == tokens) & hidden
-        return LossOutput(elbo_cross_entropy(logits, tokens, hidden, generated, t),
+        correct = (logits.argmax(-1) == rows) & hidden
+        return LossOutput(elbo_cross_entropy(logits, rows, hidden, generated, row_t),
                           {"ce": (ce * hidden).sum() / count, "acc": correct.sum() / count})
 
     def loss(self, batch) -> LossOutput:
         """Text: random prompts (PromptConfig). Tasks: the question given, the answer generated."""
         tokens, given = unpack(batch)
         B, L_ = tokens.shape
-        t = stratified_times(B, self.device)
+        n = self.blocks_in(L_)
+        t = stratified_times(B * n, self.device).view(B, n) if n > 1 else stratified_times(B, self.device)
         prompt = any_position_mask(self.prompt_config, B, L_, self.device) if given is None else given
         return self.masked_loss(tokens, t, prompt)
 
@@ -87,10 +98,11 @@ class MaskedLM(FixedTimeValidation, LanguageModelBase):
         tokens = torch.full((1, length), self.net.mask_id, dtype=torch.long, device=self.device)
         return lambda: self.net(tokens)
 
-    def fill_group(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
-                   on_step: OnStep | None) -> Tensor:
-        """(b, L) tokens with the positions not given hidden -> revealed over cfg.steps steps."""
-        net = self.generation_fn()
+    def sample_span(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
+                    on_step: OnStep | None, cache: BlockState | None) -> Tensor:
+        """(b, L) tokens with the positions not given hidden -> revealed over cfg.steps steps (with a block cache:
+        one block after the cached state)."""
+        net = self.generation_fn() if cache is None else (lambda x: self.net.denoise_block(cache, x))
         commit = CommitStep(cfg.reveal, cfg.temperature, cfg.top_p)
         x = tokens.masked_fill(~given, self.net.mask_id)
         hidden = ~given
@@ -103,3 +115,9 @@ class MaskedLM(FixedTimeValidation, LanguageModelBase):
             if on_step is not None:
                 on_step(i, x.masked_fill(hidden, -1))
         return x
+
+    def block_cache(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig) -> BlockState:
+        return self.net.start_blocks()
+
+    def advance_cache(self, cache: BlockState, tokens: Tensor, given: Tensor) -> BlockState:
+        return self.net.advance(cache, tokens)
