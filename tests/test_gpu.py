@@ -97,3 +97,24 @@ def test_checkpoints_move_between_cpu_and_gpu(workdir, train_on, precision):
     for model in (on_cpu, on_gpu):
         completions = model.generate([[5, 6, 7], []], 8, SamplingConfig(steps=4, seed=0))
         assert [len(c) for c in completions] == [8, 8]
+
+
+def test_block_diffusion_streams_match_between_paths():
+    """Block diffusion on CUDA: the noisy stream (and a prefill continued from a state) passes the carried state to
+    mamba-ssm's scan kernel as its initial state; against the torch path on the same weights."""
+    require_kernels()
+    torch.manual_seed(0)
+    m = Mamba2(128, d_state=32, headdim=32, chunk_size=32, impl="torch").cuda()
+    clean = torch.randn(2, 64, 128, device="cuda")
+    noisy = torch.randn(2 * 4, 16, 128, device="cuda")
+    _, state = m.prefill(clean[:, :40])
+    cont_t, after_t = m.prefill(clean[:, 40:], state=state)
+    streams_t = m.two_stream(clean, noisy, 16)
+    m.impl = "cuda"
+    cont_c, after_c = m.prefill(clean[:, 40:], state=state)
+    streams_c = m.two_stream(clean, noisy, 16)
+    tol = dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(cont_c, cont_t, **tol)
+    torch.testing.assert_close(after_c.ssm, after_t.ssm, **tol)
+    for got, expected in zip(streams_c, streams_t, strict=True):
+        torch.testing.assert_close(got, expected, **tol)

@@ -252,19 +252,24 @@ class Mamba2(nn.Module):
         # The scan runs in fp32 even under bf16 autocast: exp of cumulative decays and long sums of
         # outer products lose too much in bf16. With blocks, chunks must tile them so that every block start is
         # a chunk start (the output does not depend on the chunk size).
-        chunk = math.gcd(self.chunk_size, block) if block else self.chunk_size
+        # A sequence shorter than a chunk is one chunk of its own length: padding it to chunk_size would multiply
+        # the work (block diffusion's noisy stream is many short rows). With blocks, the chunks and the blocks
+        # must nest (the state at each block start is read off the chunked scan).
+        chunk = min(self.chunk_size, length)
+        if block and chunk % block and block % chunk:
+            chunk = math.gcd(chunk, block)
         with torch.autocast(u.device.type, enabled=False):
             x = upcast(x).view(batch, length, self.nheads, self.headdim)
             y, ssm_state, *chunk_states = ssd_chunked_scan(
                 x, self._dt(dt), -torch.exp(upcast(self.A_log)),
                 upcast(B).view(batch, length, self.ngroups, self.d_state),
                 upcast(C).view(batch, length, self.ngroups, self.d_state), chunk,
-                initial_state=None if state is None else state.ssm, return_chunk_states=bool(block))
+                initial_state=None if state is None else state.ssm, state_every=block)
             y = y + self._skip(x)
         out = self._finish(y.reshape(batch, length, self.d_ssm), z, z0, x0, z.dtype)
         starts = None
         if block:
-            ssm = chunk_states[0][:, ::block // chunk].flatten(0, 1)  # (batch * n_blocks, h, p, n)
+            ssm = chunk_states[0].flatten(0, 1)  # (batch * n_blocks, h, p, n)
             # The d_conv pre-conv inputs before each block start: windows of the front-padded inputs.
             padded = torch.cat([self._conv_state(xBC_raw[:, :0], state), xBC_raw.transpose(1, 2)], dim=-1)
             conv = padded.unfold(-1, self.d_conv, block)[:, :, :length // block]  # (b, conv_dim, n_blocks, d_conv)

@@ -25,7 +25,7 @@ def ssd_chunked_scan(
     C: Tensor,
     chunk_size: int,
     initial_state: Tensor | None = None,
-    return_chunk_states: bool = False,
+    state_every: int = 0,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Run the SSD recurrence over a whole sequence, chunk by chunk.
 
@@ -36,12 +36,12 @@ def ssd_chunked_scan(
         B, C: (batch, L, ngroups, d_state); heads are split evenly over groups.
         chunk_size: Q, the block length of the quadratic form. Any L is accepted.
         initial_state: optional (batch, nheads, headdim, d_state) state before the first step.
-        return_chunk_states: also return the state entering each chunk (block diffusion reads the state at
-            every block start from it, with chunk_size dividing the block).
+        state_every: > 0: also return the state before positions 0, s, 2s, ... (block diffusion's block starts);
+            s must divide chunk_size or be a multiple of it.
     Returns:
         y: (batch, L, nheads, headdim), without the D skip term.
         final_state: (batch, nheads, headdim, d_state) state after the last step.
-        chunk_states (if asked): (batch, n_chunks, nheads, headdim, d_state), the state before chunk c's first step.
+        starts (with state_every s): (batch, ceil(L / s), nheads, headdim, d_state), the state before position j s.
     All inputs are expected in one floating dtype (the mixer passes fp32).
     """
     batch, length, nheads, headdim = x.shape
@@ -94,6 +94,21 @@ def ssd_chunked_scan(
 
     y = (y_diag + y_off).reshape(batch, nchunks * q, nheads, headdim)[:, :length]
     final = state.reshape(batch, nheads, headdim, d_state)
-    if return_chunk_states:
-        return y, final, states_in.reshape(batch, nchunks, nheads, headdim, d_state)
-    return y, final
+    if not state_every:
+        return y, final
+    if state_every % q == 0:
+        starts = states_in[:, ::state_every // q]
+    elif q % state_every == 0:
+        # Several starts per chunk: S_e = exp(cum_e) S_in + sum_{j <= e} exp(cum_e - cum_j) B_j (dt x)_j, at the
+        # positions e just before each start inside the chunk.
+        ends = torch.arange(state_every - 1, q - 1, state_every, device=x.device)  # (r - 1,)
+        cum_e = cum[:, :, ends]  # (b, c, r - 1, g, k)
+        upto = torch.arange(q, device=x.device)[None, :] <= ends[:, None]  # (r - 1, q)
+        decay_e = torch.exp((cum_e.unsqueeze(3) - cum.unsqueeze(2)).masked_fill(~upto[:, :, None, None], float("-inf")))
+        inside = torch.einsum("bcejgk,bcjgn,bcjgkp->bcegkpn", decay_e, B, x_dt)
+        later = torch.exp(cum_e)[..., None, None] * states_in.unsqueeze(2) + inside  # (b, c, r - 1, g, k, p, n)
+        starts = torch.cat([states_in.unsqueeze(2), later], dim=2).flatten(1, 2)
+    else:
+        raise ValueError(f"state_every ({state_every}) must divide the chunk size ({q}) or be a multiple of it")
+    n_starts = -(-length // state_every)
+    return y, final, starts[:, :n_starts].reshape(batch, n_starts, nheads, headdim, d_state)
