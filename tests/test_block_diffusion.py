@@ -249,3 +249,20 @@ def trained_block(workdir):
     result = dimba_in_process(*fit_args(workdir, "block8", "--model.init_args.net.block_size", 8, model=None))
     assert result.returncode == 0, result.stderr[-3000:]
     return ckpt_dir(workdir, "block8") / "last.ckpt"
+
+
+def test_eval_judges_generation_past_the_training_context(trained_block, trained, trained_ar, workdir, tmp_path):
+    """`dimba eval --long_lengths`: the first and the last window of long completions, judged alike; a model that
+    cannot go past its context is refused before any work."""
+    import json
+
+    common = ["--judge_ckpt_path", trained_ar, "--source", workdir / "corpus", "--num_prompts", 2, "--prompt_len", 8,
+              "--gen_len", 8, "--grid", "{steps: [1]}", "--ablations", "{}", "--at_steps", 1, "--long_lengths", "[80]"]
+    result = dimba_in_process("eval", "--ckpt_path", trained_block, *common, "--out_dir", tmp_path / "long")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "long" / "results.json").read_text())["long"]
+    assert row["length"] == 80 and row["first_gen_ppl"] > 1 and 0 <= row["ended_early"] <= 1
+    assert ("last_gen_ppl" in row) == (row["ended_early"] < 1)
+    assert "Past the training context" in (tmp_path / "long" / "results.md").read_text()
+    refused = dimba_in_process("eval", "--ckpt_path", trained, *common, "--out_dir", tmp_path / "refused")
+    assert refused.returncode == 2 and "generates at most 32 tokens" in refused.stderr

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
 from dimba.eval.journal import JOURNAL_NAME, Journal, file_identity
-from dimba.eval.quality import INFILL_COLUMNS, QualityEval, held_out_prompts, markdown, supported
+from dimba.eval.quality import INFILL_COLUMNS, LONG_COLUMNS, QualityEval, held_out_prompts, markdown, supported
 from dimba.outputs import check_out_dir
 from dimba.sampling import SamplingConfig
 from dimba.training.checkpoint import load_for_inference
@@ -107,6 +107,10 @@ def evaluate_text(args, journal: Journal) -> dict:
         raise ConfigError("--judge_ckpt_path is needed (an AR checkpoint that scores the samples), or --task true")
     model = load_for_inference(args.ckpt_path, args.device)
     check_base_setting(model, args.sampling)
+    for length in args.long_lengths:
+        if length > model.max_length:
+            raise DimbaError(f"--long_lengths {length}: {model.display_name} generates at most {model.max_length} "
+                             "tokens (block models generate past their training context)")
     judge = load_for_inference(args.judge_ckpt_path, args.device)
     if not judge.can_score:
         raise DimbaError(f"--judge_ckpt_path must be an autoregressive model; it holds {judge.display_name}, "
@@ -152,6 +156,9 @@ def evaluate_text(args, journal: Journal) -> dict:
             raise DimbaError(f"--diagnose needs a model that noises embeddings; {model.display_name} does not")
         tokens = torch.tensor([p + r for p, r in zip(prompts, refs, strict=True)], device=model.device)
         result["noise_rank"] = journal.run(["noise_rank"], noise_rank, model, tokens)
+    if args.long_lengths:
+        result["long"] = [journal.run(["long", length, at_steps[model.kind].as_dict()], quality.long_row, model,
+                                      at_steps[model.kind], length, args.batch_size) for length in args.long_lengths]
     if args.sensitivity:
         result["prompt_sensitivity"] = [
             journal.run(["sensitivity", m.kind, at_steps[m.kind].as_dict()], quality.prompt_sensitivity, m,
@@ -175,6 +182,9 @@ def write_outputs(result: dict, out: Path) -> None:
     if result.get("infill"):
         table += ("\nInfilling (the judge's perplexity of the whole filled text; its nats per token on the gap and on "
                   "the text after it)\n\n" + markdown(result["infill"], INFILL_COLUMNS))
+    if result.get("long"):
+        table += ("\nPast the training context (the first and the last window of each completion, judged given the "
+                  "text before it)\n\n" + markdown(result["long"], LONG_COLUMNS))
     if result.get("noise_rank"):
         keys = list(result["noise_rank"][0])
         table += "\nNoise level diagnostics\n\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
@@ -207,7 +217,8 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
              ablations: dict[str, list] | None = None, at_steps: int = 32,
              sampling: SamplingConfig = SamplingConfig(),
              match_entropy: Literal["temperature", "x0_temperature", "top_p"] | None = None, infill_gap: int = 0,
-             sensitivity: bool = False, diagnose: bool = False, samples: int = 3, ar_top_p: float = 0.9,
+             sensitivity: bool = False, diagnose: bool = False, long_lengths: list[int] | None = None,
+             samples: int = 3, ar_top_p: float = 0.9,
              batch_size: int = 16, device: str | None = None, out_dir: Path = Path("runs/eval")) -> None:
     """judge generation quality over a grid of sampling settings (or, with --task, exact match on a task)
 
@@ -237,6 +248,8 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
         sensitivity: also measure whether completions follow their prompt or their noise (at --at_steps)
         diagnose: also measure, at each noise level, the true token's rank under the noise and the model's accuracy
             there (models that noise embeddings)
+        long_lengths: also generate this many tokens after each prompt (at --at_steps; block models go past their
+            training context) and judge the first and the last window: does quality hold?
         samples: decoded completions kept per row in results.json
         ar_top_p: the nucleus of the AR baseline's second row
         batch_size: prompts sampled together
@@ -246,6 +259,7 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
     args = SimpleNamespace(**{k: v for k, v in locals().items()})
     args.grid = (TASK_GRID if task else TEXT_GRID) if grid is None else grid
     args.ablations = {"guidance": [1.5, 3.0], "self_condition": [False]} if ablations is None else ablations
+    args.long_lengths = long_lengths or []
     positive = {"--num_prompts": num_prompts, "--prompt_len": prompt_len, "--gen_len": gen_len,
                 "--batch_size": batch_size, "--at_steps": at_steps}
     for name, value in positive.items():
@@ -255,6 +269,8 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     if samples < 0:
         raise ConfigError(f"--samples must be >= 0, got {samples}")
+    if any(n < 1 for n in long_lengths or []):
+        raise ConfigError(f"--long_lengths must hold positive lengths, got {long_lengths}")
     if infill_gap and not 0 < infill_gap < prompt_len + gen_len:
         raise ConfigError(f"--infill_gap must be in 1..{prompt_len + gen_len - 1}, got {infill_gap}")
     if not 0 < ar_top_p <= 1:

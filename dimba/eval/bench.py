@@ -1,7 +1,8 @@
 """Speed of a diffusion model against the AR baseline (`dimba bench`), on CPU or GPU.
 
 - Generation: latency and throughput (tokens/s) over generation lengths x denoising steps x batch sizes,
-  warm-up then the median of repeats, with peak memory (CUDA: max allocated; CPU: process peak RSS).
+  warm-up then the median of repeats, with each cell's peak memory (CUDA: max allocated; CPU: peak RSS, reset
+  before the cell where Linux allows it).
 - Cost against sequence length: one network forward at L = 256 .. max_length, with the log-log slope.
 - Training throughput (tokens/s) of both models; on CUDA also MFU against the measured bf16 matmul rate.
 """
@@ -24,10 +25,28 @@ def autocast(args):
     return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS on Linux (writing 5 to
+    /proc/self/clear_refs resets VmHWM), so that each benchmark cell reports its own peak."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's since its start
+
+
 def peak_memory_mb(device: str) -> float:
+    """CUDA: the allocator's peak since the last reset; CPU: the process's peak RSS since the last reset (VmHWM),
+    or since its start where that cannot be reset."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def generation_cells(model: LanguageModelBase, args) -> list[tuple[int | None, SamplingConfig]]:
@@ -49,8 +68,7 @@ def generation_grid(models: list[LanguageModelBase], args, rows: list[dict], on_
                         # Fresh graphs per cell: the shapes of earlier cells must not use up the recompile
                         # limit and send this one back to eager.
                         torch.compiler.reset()
-                    if args.device.startswith("cuda"):
-                        torch.cuda.reset_peak_memory_stats()
+                    reset_peak_memory(args.device)
                     with torch.no_grad(), autocast(args):
                         seconds = median_seconds(partial(model.generate, prompts, length, cfg), args.device,
                                                  warmup=1, repeats=args.repeats)

@@ -26,6 +26,8 @@ KNOB_RANGES = {"temperature": (0.3, 1.5), "x0_temperature": (0.3, 1.5), "top_p":
 COLUMNS = ["label", "gen_ppl", "entropy_bits", "distinct_1", "distinct_2", "distinct_3", "distinct_4", "repeat_4",
            "seconds_per_sample", "latency_b1_s"]
 INFILL_COLUMNS = ["label", "gen_ppl", "fill_nats", "after_gap_nats", "gap_token_match"]
+LONG_COLUMNS = ["label", "length", "first_gen_ppl", "first_entropy_bits", "last_gen_ppl", "last_entropy_bits",
+                "ended_early", "seconds_per_sample"]
 
 
 def held_out_prompts(tokenizer, source: str, prompt_len: int, gen_len: int, n: int):
@@ -213,6 +215,30 @@ class QualityEval:
         return {"label": f"{model.describe(cfg)}, infilling {gap} tokens", "model": model.kind, "infill_gap": gap,
                 **self.infill_scores(filled, start, gap), "gap_token_match": exact / (gap * len(blocks)),
                 **cfg.as_dict()}
+
+    def long_row(self, model: LanguageModelBase, cfg: SamplingConfig, length: int, batch_size: int) -> dict:
+        """Generation far past the training context (models whose state carries): `length` tokens after each
+        prompt, the first and the last window of the real continuation's length judged the same way (the window
+        given the prompt's length of text before it), so that the two say whether quality holds. Completions that
+        ended (the end-of-sequence token before the last window) are counted and left out of the last window."""
+        window = len(self.refs[0])
+        context = len(self.prompts[0])
+        completions, per_sample = generate_all(model, self.prompts, length, cfg, batch_size)
+        eos = model.eos_id
+        going = [i for i, c in enumerate(completions) if eos not in c[:-window]]
+
+        def judged(texts: list[list[int]]) -> dict:
+            return {"gen_ppl": judge_ppl(self.judge, [t[:context] for t in texts], [t[context:] for t in texts]),
+                    **diversity([t[context:] for t in texts])}
+
+        first = judged([p + c[:window] for p, c in zip(self.prompts, completions, strict=True)])
+        row = {"label": f"{model.describe(cfg)}, {length} new tokens", "model": model.kind, "length": length,
+               "ended_early": 1 - len(going) / len(completions), "seconds_per_sample": per_sample,
+               **{f"first_{k}": v for k, v in first.items()}, **cfg.as_dict()}
+        if going:
+            last = judged([(self.prompts[i] + completions[i])[-(context + window):] for i in going])
+            row.update({f"last_{k}": v for k, v in last.items()})
+        return row
 
     def prompt_sensitivity(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int,
                            first: int = 4) -> dict:

@@ -62,6 +62,19 @@ class BlockDiffusion:
         return MAX_BLOCK_LENGTH if self.block_size else self.seq_len
 
     # ------------------------------------------------------------------ generation
+    _compiled_blocks: dict | None = None
+
+    def block_fn(self, name: str) -> Callable:
+        """The network's `denoise_block` or `advance`, compiled once `compile_generation` has run."""
+        return (self._compiled_blocks or {}).get(name) or getattr(self.net, name)
+
+    def compile_generation(self) -> None:
+        """Also compile what block generation repeats: one graph per block shape."""
+        super().compile_generation()
+        if self.block_size:
+            self._compiled_blocks = {name: torch.compile(getattr(self.net, name), dynamic=False)
+                                     for name in ("denoise_block", "advance")}
+
     def sample_span(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
                     on_step, cache) -> Tensor:
         raise NotImplementedError

@@ -168,8 +168,8 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
             self_cond = self_cond if use_self_cond else None
             if cache is None:
                 return net(x_t, t, tokens, given, self_cond, drop, clean, self.skip_logits(x_t, t))
-            return self.net.denoise_block(cache[drop is not None], x_t, t, tokens, given, self_cond, clean,
-                                          self.skip_logits(x_t, t))
+            return self.block_fn("denoise_block")(cache[drop is not None], x_t, t, tokens, given, self_cond, clean,
+                                                  self.skip_logits(x_t, t))
 
         return denoise
 
@@ -182,7 +182,7 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
         return cache
 
     def advance_cache(self, cache: dict, tokens: Tensor, given: Tensor) -> dict:
-        return {dropped: self.net.advance(state, tokens, given) for dropped, state in cache.items()}
+        return {dropped: self.block_fn("advance")(state, tokens, given) for dropped, state in cache.items()}
 
     def guidance(self, cfg: SamplingConfig) -> Guidance:
         if cfg.x0_temperature != 1.0 and self.net.x0_param != "softmax":

@@ -102,7 +102,7 @@ class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
                     on_step: OnStep | None, cache: BlockState | None) -> Tensor:
         """(b, L) tokens with the positions not given hidden -> revealed over cfg.steps steps (with a block cache:
         one block after the cached state)."""
-        net = self.generation_fn() if cache is None else (lambda x: self.net.denoise_block(cache, x))
+        net = self.generation_fn() if cache is None else (lambda x: self.block_fn("denoise_block")(cache, x))
         commit = CommitStep(cfg.reveal, cfg.temperature, cfg.top_p)
         x = tokens.masked_fill(~given, self.net.mask_id)
         hidden = ~given
@@ -120,4 +120,4 @@ class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
         return self.net.start_blocks()
 
     def advance_cache(self, cache: BlockState, tokens: Tensor, given: Tensor) -> BlockState:
-        return self.net.advance(cache, tokens)
+        return self.block_fn("advance")(cache, tokens)
