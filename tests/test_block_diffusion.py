@@ -239,6 +239,9 @@ def test_a_block_model_trains_and_generates_past_its_context_through_the_cli(tra
     infill = dimba_in_process("predict", "--ckpt_path", trained_block, "--infill", "true", "--prompt",
                               "The king {{3}} the queen {{40}} and so", "--sampling.steps", 2)
     assert infill.returncode == 0 and infill.stdout.startswith("The king ") and "the queen" in infill.stdout
+    folder = workdir / "block8_export"
+    assert dimba_in_process("export", "--ckpt_path", trained_block, "--out_dir", folder).returncode == 0
+    assert dimba.load(folder, device="cpu").complete("The king", length=200, steps=2, seed=1) == expected
 
 
 @pytest.fixture(scope="module")
