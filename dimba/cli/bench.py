@@ -42,7 +42,8 @@ def bench_defaults(args) -> None:
 def bench(ckpt_path: str | None = None, ar_ckpt_path: str | None = None, lengths: list[int] | None = None,
           steps: list[int] | None = None, batches: list[int] | None = None, max_length: int | None = None,
           train_batch: int = 8, repeats: int = 3, precision: Literal["fp32", "bf16"] = "fp32",
-          device: str | None = None, threads: int | None = None, compile: bool = False, quick: bool = False,
+          device: str | None = None, threads: int | None = None, compile: bool = False,
+          compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default", quick: bool = False,
           out_dir: Path = Path("runs/bench")) -> None:
     """time generation and training of a diffusion model against the AR baseline (bench.json, .md, .png)
 
@@ -63,6 +64,7 @@ def bench(ckpt_path: str | None = None, ar_ckpt_path: str | None = None, lengths
         device: cpu, cuda, ... (default: CUDA when available)
         threads: torch CPU threads (default: torch's); batch-1 decoding on a small CPU is often faster with 1
         compile: generate through torch.compile (both models; each cell compiles at its warm-up call)
+        compile_mode: torch.compile's mode; reduce-overhead captures CUDA graphs (the fair batch-1 AR on a GPU)
         quick: a tiny grid where none is given, one repeat (a smoke test)
         out_dir: where bench.json, bench.md and bench.png go
     """
@@ -81,11 +83,12 @@ def bench(ckpt_path: str | None = None, ar_ckpt_path: str | None = None, lengths
     models = [diffusion, ar]
     if compile:
         for model in models:
-            model.compile_generation()
+            model.compile_generation(compile_mode)
     print(f"# {machine_description(args.device)}", file=sys.stderr)
     print("# parameters: " + ", ".join(f"{m.short_name} {m.num_parameters():,}" for m in models), file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine_description(args.device), "precision": precision, "compiled": compile,
+    result = {"machine": machine_description(args.device), "precision": precision,
+              "compiled": compile and compile_mode,
               "settings": {k: str(v) for k, v in vars(args).items()}, "training": {}, "generation": []}
 
     def save(*_):  # everything measured so far, after every measurement

@@ -128,7 +128,8 @@ def training_throughput(model: LanguageModelBase, args, seq_len: int = 128) -> d
 
 
 def markdown(result: dict) -> str:
-    compiled = "torch.compile" if result.get("compiled") else "eager"
+    mode = result.get("compiled")
+    compiled = "eager" if not mode else "torch.compile" + ("" if mode in (True, "default") else f" ({mode})")
     lines = [f"Machine: {result['machine']}; precision {result['precision']}; generation {compiled} "
              "(training and the length sweep eager)", "",
              "| model | params | train tok/s | FLOPs/token | MFU |", "|---|---|---|---|---|"]

@@ -319,10 +319,11 @@ class LanguageModelBase(L.LightningModule):
         `compile_generation` has run."""
         return self._compiled_call or self.generation_call()
 
-    def compile_generation(self) -> None:
+    def compile_generation(self, mode: str = "default") -> None:
         """Generate through torch.compile (inductor) from now on: the tens of small ops per mixer and step
         become a few fused kernels, which on a CPU makes batch-1 AR decoding about 3x faster; a baseline left
         uncompiled would flatter the diffusion models. Inference only. dynamic=False: one graph per input
-        shape, compiled at its first call (tens of seconds on a CPU), as a benchmark cell repeats."""
+        shape, compiled at its first call (tens of seconds on a CPU), as a benchmark cell repeats. mode
+        "reduce-overhead" captures CUDA graphs on a GPU (the launch-bound AR step's fair setting there)."""
         mamba_kernels()  # probe the optional CUDA kernels now: an import inside the trace would break it
-        self._compiled_call = torch.compile(self.generation_call(), dynamic=False)
+        self._compiled_call = torch.compile(self.generation_call(), dynamic=False, mode=mode)

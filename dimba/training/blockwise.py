@@ -68,11 +68,11 @@ class BlockDiffusion:
         """The network's `denoise_block` or `advance`, compiled once `compile_generation` has run."""
         return (self._compiled_blocks or {}).get(name) or getattr(self.net, name)
 
-    def compile_generation(self) -> None:
+    def compile_generation(self, mode: str = "default") -> None:
         """Also compile what block generation repeats: one graph per block shape."""
-        super().compile_generation()
+        super().compile_generation(mode)
         if self.block_size:
-            self._compiled_blocks = {name: torch.compile(getattr(self.net, name), dynamic=False)
+            self._compiled_blocks = {name: torch.compile(getattr(self.net, name), dynamic=False, mode=mode)
                                      for name in ("denoise_block", "advance")}
 
     def sample_span(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
