@@ -27,29 +27,82 @@ def test_path_star_instances_are_stars_with_the_path_to_the_goal():
     assert task.example(random.Random(1)).tokens == ex.tokens  # seeded: deterministic
 
 
-def test_sudoku_puzzles_have_one_solution_and_the_right_number_of_givens():
-    task = Sudoku6(givens=12)
-    for seed in range(5):
-        ex = task.example(random.Random(seed))
-        puzzle = [int(c[1]) if c != "_" else 0 for c in ex.tokens[:36]]
-        assert sum(v > 0 for v in puzzle) == 12 and task.count_solutions(puzzle) == 1
-        assert Sudoku6.satisfies_constraints(ex.tokens[37:])
+def test_sudoku_puzzles_have_one_solution_and_propagation_cannot_finish_them():
+    from dimba.data import sudoku
+
+    task = Sudoku6()
+    rng = random.Random(0)
+    for _ in range(12):  # bases and their symmetric variants
+        ex = task.example(rng)
+        puzzle, solution = task.grids(ex)
+        assert sudoku.count_solutions(list(puzzle)) == 1 and sudoku.satisfies_constraints(solution)
+        assert 0 in sudoku.propagate(puzzle)  # needs more than naked and hidden singles
+        assert all(p in (0, s) for p, s in zip(puzzle, solution, strict=True))
         assert [ex.given[37 + i] for i in range(36)] == [v > 0 for v in puzzle]
     assert not Sudoku6.satisfies_constraints(["d1"] * 36)
 
 
-@pytest.mark.parametrize("task", [PathStar(degree=2), Sudoku6(givens=18)])
-def test_no_test_instance_is_in_training(task):
-    train, test = make_split(task, 300, 50, seed=0)
-    test_keys = {task.key(ex) for ex in test}
-    assert len(test_keys) == 50 and not any(task.key(ex) in test_keys for ex in train)
-    again = make_split(task, 300, 50, seed=0)
+def test_propagation_finishes_what_singles_can_and_the_classes_see_through_symmetry():
+    from dimba.data import sudoku
+
+    rng = random.Random(1)
+    solution = sudoku.random_solution(rng)
+    easy = [v if i % 3 else 0 for i, v in enumerate(solution)]  # a third blank: singles finish it
+    assert sudoku.propagate(easy) == solution
+    puzzle, _ = sudoku.hard_puzzle(rng)
+    variant, variant_solution = sudoku.random_symmetry(puzzle, solution, rng)
+    assert sudoku.symmetry_class(variant_solution) == sudoku.symmetry_class(solution)
+    assert sudoku.satisfies_constraints(variant_solution)
+    assert len({sudoku.symmetry_class(sudoku.random_solution(rng)) for _ in range(300)}) > 20  # dozens of classes
+
+
+@pytest.mark.parametrize("task", [PathStar(degree=2), Sudoku6()])
+def test_no_test_or_val_instance_is_in_training(task):
+    train, val, test = make_split(task, 60, 20, seed=0, n_val=10)
+    test_keys, val_keys = {task.key(ex) for ex in test}, {task.key(ex) for ex in val}
+    assert len(test_keys) == 20 and len(val_keys) == 10 and not test_keys & val_keys
+    assert not any(task.key(ex) in test_keys | val_keys for ex in train)
+    again = make_split(task, 60, 20, seed=0, n_val=10)
     assert [ex.tokens for ex in again[0]] == [ex.tokens for ex in train]
 
 
+def test_sudoku_train_and_test_share_no_symmetry_class():
+    """Under the grid's symmetries no test solution is a training solution seen differently (it was, with a
+    split by digit relabelling only)."""
+    from dimba.data import sudoku
+
+    task = Sudoku6()
+    train, val, test = make_split(task, 60, 20, seed=0, n_val=10)
+    classes = lambda examples: {sudoku.symmetry_class(task.grids(ex)[1]) for ex in examples}
+    assert classes(test) and not classes(test) & classes(train + val)
+
+
+def test_task_reports_show_the_baselines_that_need_no_learning(tmp_path):
+    from dimba.eval.tasks import TaskEval
+
+    rows = {r["label"]: r for r in TaskEval("task:path_star", {"n_train": 20, "n_test": 200}, 40, tmp_path)
+            .baseline_rows()}
+    assert abs(rows["baseline: random arm"]["exact_match"] - 0.5) < 1e-9
+    assert abs(rows["baseline: random arm"]["position_accuracy"] - 7 / 12) < 1e-9
+    assert abs(rows["baseline: copy ends"]["position_accuracy"] - 11 / 27) < 1e-9  # (2 + 4 / 9) / 6
+    sudoku_rows = {r["label"]: r for r in TaskEval("task:sudoku6", {"n_train": 10, "n_test": 10, "n_val": 1}, 80,
+                                                   tmp_path).baseline_rows()}
+    uniform, allowed, propagated = (sudoku_rows[f"baseline: {k}"]["position_accuracy"]
+                                    for k in ("uniform", "allowed digits", "propagation"))
+    assert uniform == pytest.approx(1 / 6) and uniform < allowed < propagated < 1
+
+
+def test_an_unknown_word_in_a_task_prompt_is_refused():
+    tok = task_tokenizer()
+    assert tok.encode("n3 n4 , / n3 n4 =") == [tok.hf.token_to_id(w) for w in "n3 n4 , / n3 n4 =".split()]
+    with pytest.raises(DimbaError, match="unknown word 'cat'"):
+        tok.encode("n3 cat =")
+
+
 def test_task_arrays_are_padded_cached_and_checked(tmp_path):
-    arrays = task_split_arrays("task:path_star", {"n_train": 40, "n_test": 8}, 48, tmp_path)
+    arrays = task_split_arrays("task:path_star", {"n_train": 40, "n_test": 8, "n_val": 4}, 48, tmp_path)
     assert arrays["train_tokens"].shape == (40, 48) and arrays["test_given"].dtype == bool
+    assert arrays["val_tokens"].shape == (4, 48) and arrays["test_tokens"].shape == (8, 48)
     tok = task_tokenizer()
     assert (arrays["train_tokens"][:, 40:] == tok.pad_id).all() and arrays["train_given"][:, 40:].all()
     assert len(list((tmp_path / "tasks").glob("*.npz"))) == 1
@@ -65,7 +118,7 @@ def test_task_arrays_are_padded_cached_and_checked(tmp_path):
 def test_train_and_evaluate_on_a_task_through_the_cli(workdir, tmp_path, model):
     kind = {"dimba": [], "masked": ["--model", CONFIGS / "model" / "masked.yaml"],
             "ar": ["--model", CONFIGS / "model" / "ar.yaml"]}[model]
-    options = json.dumps({"degree": 2, "n_train": 64, "n_test": 8})
+    options = json.dumps({"degree": 2, "n_train": 64, "n_test": 8, "n_val": 8})
     args = fit_args(tmp_path, model, *kind, "--data.task_options", options,
                     "--data.seq_len", 40, "--data.batch_size", 8, "--trainer.max_steps", 3,
                     "--trainer.logger.init_args.name", model, "--model.init_args.net.d_model", 32,
@@ -82,9 +135,12 @@ def test_train_and_evaluate_on_a_task_through_the_cli(workdir, tmp_path, model):
                                  "--out_dir", out)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rows = json.loads((out / "task.json").read_text())["rows"]
+    baselines, rows = rows[:2], rows[2:]
+    assert [r["label"] for r in baselines] == ["baseline: random arm", "baseline: copy ends"]
     assert rows and all(0 <= r["exact_match"] <= r["position_accuracy"] + 1e-9 <= 1 + 1e-9 for r in rows)
     # The committing samplers (masked diffusion, the default hybrid DIMBA): random and confidence-first reveal.
     assert (model != "ar") == (len(rows) == 2)
+    assert "baseline: copy ends" in (out / "task.md").read_text()
     assert rows[0]["sample"]["truth"].count("n") == 6 and (out / "task.png").exists()
 
 

@@ -91,8 +91,9 @@ def evaluate_on_task(args, journal: Journal) -> dict:
     source, options, seq_len = task_of(model, read_checkpoint(args.ckpt_path))
     task = TaskEval(source, options, seq_len, cache_dir(), args.limit)
     configs = supported(model, sweep_configs(args.sampling.replace(temperature=0.0), read_by(model, args.grid)))
-    rows = [journal.run(["task", cfg.as_dict()], task.row, model, cfg, args.batch_size)
-            for cfg in tqdm(configs, desc="settings", file=sys.stderr)]
+    rows = journal.run(["task_baselines"], task.baseline_rows)
+    rows += [journal.run(["task", cfg.as_dict()], task.row, model, cfg, args.batch_size)
+             for cfg in tqdm(configs, desc="settings", file=sys.stderr)]
     return {"settings": settings_record(args), "task": {"source": source, "options": options},
             "parameters": {model.kind: model.num_parameters()}, "rows": rows}
 

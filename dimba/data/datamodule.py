@@ -133,7 +133,8 @@ class TextDataModule(L.LightningDataModule):
         shuffle_seed: the training order of epoch e is a permutation drawn from (shuffle_seed, e), so an
             interrupted run resumes with the same data from the same position.
         task_options: with source `task:NAME` (a reasoning task, `dimba.data.tasks`), its knobs and n_train,
-            n_test, seed; batches then say which positions are given, and validation runs on the test split.
+            n_val, n_test, seed; batches then say which positions are given; validation runs on the val split,
+            `dimba test` on the test split.
     """
 
     def __init__(self, source: str | None = None, text_column: str = "text", hub_config: str | None = None,
@@ -153,6 +154,7 @@ class TextDataModule(L.LightningDataModule):
         self._tokenizer: Tokenizer | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None  # a task's test split; text has none apart from validation
         self.sampler: ResumableSampler | None = None
 
     # ---------------------------------------------------------------- corpus and tokenizer (lazy)
@@ -262,7 +264,9 @@ class TextDataModule(L.LightningDataModule):
         if self.is_task:
             arrays = task_split_arrays(hp.source, hp.task_options, hp.seq_len, self.cache)
             self.train_set = TaskBlocks(arrays["train_tokens"], arrays["train_given"])
-            self.val_set = TaskBlocks(arrays["test_tokens"], arrays["test_given"])
+            # Validation on its own split: the test split is for `dimba test` and `dimba eval --task` only.
+            self.val_set = TaskBlocks(arrays["val_tokens"], arrays["val_given"])
+            self.test_set = TaskBlocks(arrays["test_tokens"], arrays["test_given"])
             return
         if hp.streaming:
             docs = load_documents(self.source, hp.text_column, streaming=True)
@@ -306,4 +310,4 @@ class TextDataModule(L.LightningDataModule):
         return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self._loader(self.test_set if self.test_set is not None else self.val_set)

@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import random
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +31,12 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
+from dimba.data import sudoku
 from dimba.data.tokenizer import EOS, PAD, Tokenizer
 from dimba.errors import DimbaError
 
 TASK_PREFIX = "task:"
+TASK_VERSION = 2  # 2: Sudoku that propagation cannot finish, split by symmetry class; a validation split
 
 NUM_NODE_TOKENS = 50
 SYMBOLS = (",", "/", "=", "_")
@@ -92,101 +95,55 @@ class PathStar:
 
 
 class Sudoku6:
-    """6x6 Sudoku, rows of 6, boxes of 2 rows x 3 columns."""
+    """6x6 Sudoku that singles propagation cannot finish (`dimba.data.sudoku`): each base puzzle is dug from a random
+    solution until naked and hidden singles stop short (unique solution checked), then seen under AUGMENT random
+    symmetries of the grid (rows, columns, digits). Train and test are split by the solution's symmetry class: no
+    test grid is a training grid seen differently."""
 
     name = "sudoku6"
     length = 36 + 1 + 36
+    AUGMENT = 10  # symmetric variants per base puzzle (a base puzzle costs about 0.1-0.3 s to dig)
 
-    def __init__(self, givens: int = 18):
-        if not 8 <= givens <= 35:
-            raise DimbaError(f"sudoku6 needs 8 to 35 givens, got {givens}")
-        self.givens = givens
-
-    @staticmethod
-    def peers(cell: int) -> set[int]:
-        r, c = divmod(cell, 6)
-        box = [(r // 2 * 2 + i) * 6 + c // 3 * 3 + j for i in range(2) for j in range(3)]
-        return ({r * 6 + j for j in range(6)} | {i * 6 + c for i in range(6)} | set(box)) - {cell}
-
-    def count_solutions(self, grid: list[int], limit: int = 2) -> int:
-        """Solutions of grid (0 = blank), counted up to `limit` (depth-first, most constrained cell first)."""
-        blanks = [i for i, v in enumerate(grid) if v == 0]
-        if not blanks:
-            return 1
-        best, options = None, None
-        for cell in blanks:
-            used = {grid[p] for p in PEERS[cell]}
-            free = [d for d in range(1, 7) if d not in used]
-            if best is None or len(free) < len(options):
-                best, options = cell, free
-                if len(free) <= 1:
-                    break
-        total = 0
-        for d in options:
-            grid[best] = d
-            total += self.count_solutions(grid, limit - total)
-            grid[best] = 0
-            if total >= limit:
-                break
-        return total
-
-    def random_solution(self, rng: random.Random) -> list[int]:
-        grid = [0] * 36
-
-        def fill(i: int) -> bool:
-            if i == 36:
-                return True
-            used = {grid[p] for p in PEERS[i]}
-            digits = [d for d in range(1, 7) if d not in used]
-            rng.shuffle(digits)
-            for d in digits:
-                grid[i] = d
-                if fill(i + 1):
-                    return True
-            grid[i] = 0
-            return False
-
-        fill(0)
-        return grid
-
-    MAX_TRIES = 2000  # removal orders tried (a new solution every 20) before a givens count is called unreachable
+    def __init__(self):
+        # Per random stream (weakly: a stream gone is forgotten): [base puzzle and solution, variants drawn].
+        self._bases: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def example(self, rng: random.Random) -> Example:
-        for tries in range(self.MAX_TRIES):
-            if tries % 20 == 0:
-                solution = self.random_solution(rng)
-            puzzle = list(solution)
-            for cell in rng.sample(range(36), 36):
-                if sum(v > 0 for v in puzzle) == self.givens:
-                    break
-                puzzle[cell], keep = 0, puzzle[cell]
-                if self.count_solutions(list(puzzle)) != 1:
-                    puzzle[cell] = keep
-            if sum(v > 0 for v in puzzle) == self.givens:
-                break
-        else:
-            raise DimbaError(f"sudoku6 found no puzzle with a unique solution and {self.givens} givens in "
-                             f"{self.MAX_TRIES} tries: ask for more givens")
+        state = self._bases.setdefault(rng, [None, self.AUGMENT])
+        if state[1] >= self.AUGMENT:
+            found = sudoku.hard_puzzle(rng)
+            if found is None:
+                raise DimbaError("sudoku6 found no puzzle that propagation cannot finish; this should not happen")
+            state[:] = [found, 0]
+        state[1] += 1
+        puzzle, solution = sudoku.random_symmetry(*state[0], rng)
         cells = [f"d{v}" if v else "_" for v in puzzle]
-        return Example(cells + ["="] + [f"d{v}" for v in solution],
-                       [True] * 37 + [v > 0 for v in puzzle])
+        return Example(cells + ["="] + [f"d{v}" for v in solution], [True] * 37 + [v > 0 for v in puzzle])
 
     @staticmethod
-    def key(ex: Example) -> tuple:
-        """The canonical solution grid: digits relabelled so that the first row reads 1..6."""
-        solution = ex.tokens[37:]
-        relabel = {tok: f"d{i + 1}" for i, tok in enumerate(solution[:6])}
-        return tuple(relabel[t] for t in solution)
+    def grids(ex: Example) -> tuple[list[int], list[int]]:
+        """(puzzle, solution) of an example, 0 for a blank."""
+        puzzle = [int(t[1]) if t != "_" else 0 for t in ex.tokens[:36]]
+        return puzzle, [int(t[1]) for t in ex.tokens[37:73]]
+
+    def key(self, ex: Example) -> tuple:
+        """What makes two instances the same: the puzzle and its solution."""
+        return tuple(ex.tokens)
+
+    def held_out(self, ex: Example) -> bool:
+        """Whether the example's solution grid belongs to a test class (about a fifth of the 48 classes, chosen
+        by a hash of the canonical form)."""
+        canonical = sudoku.symmetry_class(self.grids(ex)[1])
+        return int(hashlib.sha256(str(canonical).encode()).hexdigest(), 16) % 5 == 0
 
     @staticmethod
     def satisfies_constraints(cells: list[str]) -> bool:
         """Whether 36 cells form a valid Sudoku grid (each row, column and box holds d1..d6 once)."""
         if len(cells) != 36 or any(c not in {f"d{i}" for i in range(1, 7)} for c in cells):
             return False
-        return all(cells[i] != cells[p] for i in range(36) for p in PEERS[i])
+        return sudoku.satisfies_constraints([int(c[1]) for c in cells])
 
 
-PEERS = [Sudoku6.peers(i) for i in range(36)]
 TASKS = {"path_star": PathStar, "sudoku6": Sudoku6}
 
 
@@ -213,31 +170,37 @@ def build_task(name: str, options: dict | None = None):
     return TASKS[name](**options)
 
 
-def make_split(task, n_train: int, n_test: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """(train, test): the test set first, then training examples whose key no test example has (the leakage
-    check), each from its own seeded stream."""
-    if n_train < 1 or n_test < 1:
-        raise DimbaError(f"a task split needs n_train and n_test >= 1, got {n_train}, {n_test}")
-    test_rng, train_rng = random.Random(f"{task.name}:test:{seed}"), random.Random(f"{task.name}:train:{seed}")
-    test, seen, attempts = [], set(), 0
-    while len(test) < n_test:
-        attempts += 1
-        if attempts > 20 * n_test + 1000:
-            raise DimbaError(f"task {task.name} has fewer distinct instances than n_test = {n_test} ({len(test)} found "
-                             f"in {attempts - 1} draws): ask for fewer, or choose larger task options")
-        ex = task.example(test_rng)
-        if task.key(ex) not in seen:
-            seen.add(task.key(ex))
-            test.append(ex)
-    train, attempts = [], 0
-    while len(train) < n_train:
-        attempts += 1
-        if attempts > 20 * n_train + 1000:
-            raise DimbaError(f"task {task.name} cannot make {n_train} training examples apart from the test set")
-        ex = task.example(train_rng)
-        if task.key(ex) not in seen:
-            train.append(ex)
-    return train, test
+def make_split(task, n_train: int, n_test: int, seed: int, n_val: int = 0
+               ) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, val, test), no instance in two of them, each split from its own seeded stream. A task with a
+    `held_out(example)` rule (Sudoku: by symmetry class) draws test from what it holds out and train and val from
+    the rest; otherwise test comes first and train and val leave out its instances (the leakage check)."""
+    if n_train < 1 or n_test < 1 or n_val < 0:
+        raise DimbaError(f"a task split needs n_train, n_test >= 1 and n_val >= 0, got {n_train}, {n_test}, {n_val}")
+    held_out = getattr(task, "held_out", None)
+
+    def draw(stream: str, n: int, keep, seen: set) -> list[Example]:
+        rng, out, attempts = random.Random(f"{task.name}:{stream}:{seed}"), [], 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 20 * n + 1000:
+                raise DimbaError(f"task {task.name} has fewer distinct instances than its {stream} split needs "
+                                 f"({n}; {len(out)} found in {attempts - 1} draws): ask for fewer, or choose larger "
+                                 "task options")
+            ex = task.example(rng)
+            if keep(ex) and task.key(ex) not in seen:
+                seen.add(task.key(ex))
+                out.append(ex)
+        return out
+
+    seen: set = set()
+    test = draw("test", n_test, (lambda ex: held_out(ex)) if held_out else (lambda ex: True), seen)
+    # Training examples may repeat one another (a task can have few instances); never a test or val instance.
+    rest = (lambda ex: not held_out(ex)) if held_out else (lambda ex: True)
+    val = draw("val", n_val, rest, seen)
+    closed = set(seen)
+    train = draw("train", n_train, lambda ex: rest(ex) and task.key(ex) not in closed, set())
+    return train, val, test
 
 
 def to_arrays(examples: list[Example], tokenizer: Tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,25 +230,25 @@ class TaskBlocks(torch.utils.data.Dataset):
 
 
 def task_split_arrays(source: str, options: dict | None, seq_len: int, cache: Path) -> dict[str, np.ndarray]:
-    """The train and test arrays of `task:NAME` with its options (n_train, n_test, seed and the task's own knobs),
-    built once and cached as .npz under cache/tasks."""
+    """The train, val and test arrays of `task:NAME` with its options (n_train, n_test, n_val, seed and the task's
+    own knobs), built once and cached as .npz under cache/tasks."""
     if not isinstance(options or {}, dict):
         raise DimbaError(f"data.task_options must be a mapping, got {options!r}")
     options = dict(options or {})
-    split = {"n_train": 50_000, "n_test": 1000, "seed": 0}
+    split = {"n_train": 50_000, "n_test": 1000, "n_val": 500, "seed": 0}
     check_option_types("the task split", {k: v for k, v in options.items() if k in split}, split)
-    n_train, n_test, seed = (options.pop(k, default) for k, default in split.items())
+    n_train, n_test, n_val, seed = (options.pop(k, default) for k, default in split.items())
     task = build_task(source[len(TASK_PREFIX):], options)
     if task.length > seq_len:
         raise DimbaError(f"task {task.name} writes {task.length} tokens per example; set data.seq_len >= "
                          f"{task.length} (got {seq_len})")
-    key = json.dumps([task.name, sorted(options.items()), n_train, n_test, seed, seq_len, VOCAB])
+    key = json.dumps([task.name, sorted(options.items()), n_train, n_test, n_val, seed, seq_len, VOCAB, TASK_VERSION])
     path = cache / "tasks" / f"{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if not path.exists():
-        train, test = make_split(task, n_train, n_test, seed)
+        train, val, test = make_split(task, n_train, n_test, seed, n_val)
         tok = task_tokenizer()
         arrays = {}
-        for split, examples in (("train", train), ("test", test)):
+        for split, examples in (("train", train), ("val", val), ("test", test)):
             arrays[f"{split}_tokens"], arrays[f"{split}_given"] = to_arrays(examples, tok, seq_len)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")

@@ -7,6 +7,7 @@ normalisation; the ByteLevel decoder inverts it exactly.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        # The vocabulary of a word-level tokenizer (the tasks': whole words, no pieces), or None for byte-level BPE.
+        self.words = set(hf.get_vocab()) if json.loads(hf.to_str())["model"]["type"] == "WordLevel" else None
         self.eos_id = hf.token_to_id(EOS)
         self.pad_id = hf.token_to_id(PAD)
         if self.eos_id is None or self.pad_id is None:
@@ -91,7 +94,17 @@ class Tokenizer:
         return hashlib.sha256(self.to_str().encode()).hexdigest()[:16]
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        """Token ids of text. A word-level vocabulary (the reasoning tasks') refuses words it does not hold, which
+        its tokenizer would otherwise turn into its unknown token silently."""
+        encoding = self.hf.encode(text, add_special_tokens=False)
+        if self.words is not None:
+            unknown = [w for w in text.split() if w not in self.words]
+            if unknown:
+                raise DimbaError(f"unknown word {unknown[0]!r}: this model's vocabulary has only its task's words "
+                                 f"({', '.join(sorted(self.words)[:8])}, ...)")
+        return encoding.ids
+
+
 
     def encode_texts(self, texts: Iterable[str]) -> list[np.ndarray]:
         """The int32 ids of each text, with memory bounded whatever the texts' lengths: texts are split by

@@ -8,7 +8,9 @@ import time
 
 import numpy as np
 
+from dimba.data import sudoku
 from dimba.data.tasks import TASK_PREFIX, Sudoku6, task_split_arrays, task_tokenizer
+from dimba.data.tokenizer import PAD
 from dimba.errors import DimbaError
 from dimba.eval.quality import fill_all
 from dimba.sampling import SamplingConfig
@@ -35,6 +37,29 @@ def answer_accuracy(predicted: np.ndarray, tokens: np.ndarray, given: np.ndarray
             "position_accuracy": float(((predicted == tokens) & answer).sum() / max(answer.sum(), 1))}
 
 
+def path_star_baselines(question: list[str], answer: list[str]) -> dict[str, tuple[float, float]]:
+    """Expected (accuracy per answer node, exact match) of two guessers on one path-star instance: the path along a
+    random arm from the start (the centre), and the ends copied from the question with the nodes between drawn
+    among the graph's other nodes. Works for the reversed task too (its answer runs from the goal)."""
+    edges = [(question[i], question[i + 1]) for i in range(0, len(question) - 4, 3)]
+    start = question[-3]
+    neighbours: dict[str, list[str]] = {}
+    for u, v in edges:
+        neighbours.setdefault(u, []).append(v)
+    arms = []
+    for first in neighbours.get(start, []):
+        path = [start, first]
+        while path[-1] in neighbours:
+            path.append(neighbours[path[-1]][0])
+        arms.append(path if answer[0] == start else path[::-1])
+    accuracy = lambda guess: sum(g == t for g, t in zip(guess, answer, strict=False)) / len(answer)
+    nodes = {n for edge in edges for n in edge}
+    middle = 1 / max(1, len(nodes) - 2)
+    ends = (2 + middle * (len(answer) - 2)) / len(answer)
+    return {"random arm": (float(np.mean([accuracy(a) for a in arms])), float(np.mean([a == answer for a in arms]))),
+            "copy ends": (ends, middle ** (len(answer) - 2))}
+
+
 def sudoku_valid_share(predicted: np.ndarray, vocab: list[str]) -> float:
     """Share of outputs whose solution part (after the 37 puzzle tokens) is a valid grid."""
     return float(np.mean([Sudoku6.satisfies_constraints([vocab[t] for t in row[37:73]]) for row in predicted]))
@@ -51,6 +76,33 @@ class TaskEval:
         self.vocab = [None] * len(ids)  # id -> token
         for tok, i in ids.items():
             self.vocab[i] = tok
+
+    def words(self, i: int) -> tuple[list[str], list[str]]:
+        """(question words, answer words) of test instance i."""
+        row, given = self.tokens[i], self.given[i]
+        question = [self.vocab[t] for t, g in zip(row, given, strict=True) if g and self.vocab[t] != PAD]
+        return question, [self.vocab[t] for t, g in zip(row, given, strict=True) if not g]
+
+    def baseline_rows(self) -> list[dict]:
+        """What needs no learning, scored on the same instances (expected values): on path-star, a random arm from
+        the start and copying the ends (start and goal, the nodes between guessed among the graph's other nodes);
+        on Sudoku, a uniform digit per blank, a digit among those the givens allow, and singles propagation."""
+        scores: dict[str, list[tuple[float, float]]] = {}
+        for i in range(len(self.tokens)):
+            question, answer = self.words(i)
+            if self.source == TASK_PREFIX + Sudoku6.name:
+                puzzle = [int(t[1]) if t != "_" else 0 for t in question[:36]]
+                blanks = iter(int(t[1]) for t in answer)  # the answer is the solution's blank cells, in order
+                solution = [v or next(blanks) for v in puzzle]
+                for name, score in sudoku.baselines(puzzle, solution).items():
+                    scores.setdefault(name, []).append(score)
+                continue
+            for name, score in path_star_baselines(question, answer).items():
+                scores.setdefault(name, []).append(score)
+        mean = lambda values: float(np.mean(values))
+        return [{"label": f"baseline: {name}", "model": "baseline", "examples": len(v),
+                 "position_accuracy": mean([a for a, _ in v]), "exact_match": mean([e for _, e in v])}
+                for name, v in scores.items()]
 
     def row(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int) -> dict:
         """Exact match, position accuracy (and Sudoku validity), seconds per example, one decoded example."""
