@@ -139,3 +139,51 @@ def test_a_small_hybrid_model_overfits_sentences_and_completes_them(head):
     out = model.generate([s[:2].tolist() for s in ids], 8,
                          SamplingConfig(steps=8, temperature=0, reveal="confidence", seed=3))
     assert out == ids[:, 2:].tolist()
+
+
+def test_above_the_switch_time_corrupted_tokens_are_absorbed_and_below_it_they_keep_their_latents():
+    """hybrid.absorb_above t_s: for t > t_s the network reads no latent at a corrupted position (its output does not
+    move when the latents do), for t <= t_s it does; the skip logits are off where there is no latent."""
+    model = tiny_hybrid(hybrid={"absorb_above": 0.5}, diffusion={"schedule": "rank", "skip_logits": True})
+    for block in model.net.blocks:
+        torch.nn.init.normal_(block.modulation.weight, std=0.1)
+    tokens = torch.randint(0, 40, (2, 16))
+    prompt = torch.zeros(2, 16, dtype=torch.bool)
+    seen = []
+    forward = model.net.forward
+    model.net.forward = lambda *args: seen.append(args) or forward(*args)
+    for t in (0.8, 0.3):
+        seen.clear()
+        model.denoising_loss(tokens, torch.full((2,), t), prompt, None, 0.0, uniforms=torch.zeros(2, 16))
+        x_t, _, _, _, self_cond, drop, clean, bias, absorbed = seen[-1]
+        if t > 0.5:
+            assert absorbed.all() and (bias == 0).all()
+        else:
+            assert absorbed is None or not absorbed.any()
+        moved = forward(x_t + 1.0, *seen[-1][1:])[0]
+        assert torch.equal(moved, forward(*seen[-1])[0]) == (t > 0.5)
+    with pytest.raises(ValueError, match="absorb_above"):
+        tiny_hybrid(hybrid={"absorb_above": 0.0})
+
+
+def test_plain_weighting_and_times_leaning_towards_high_noise():
+    plain = tiny_hybrid(hybrid={"weighting": "plain"})
+    tokens = torch.randint(0, 40, (4, 16))
+    out = plain.denoising_loss(tokens, torch.full((4,), 0.2), torch.zeros(4, 16, dtype=torch.bool), None, 0.0,
+                               uniforms=torch.zeros(4, 16))
+    torch.testing.assert_close(out.total, out.metrics["ce"] + out.metrics["mse"])  # no 1/t
+    torch.manual_seed(0)
+    skewed = tiny_hybrid(hybrid={"high_t": 3.0}).sample_times(4000)
+    assert 0.7 < skewed.mean() < 0.8 and skewed.min() > 0  # E[t] = 3/4 for density 3t^2
+
+
+def test_the_committing_sampler_goes_through_both_regimes():
+    """One sampler: steps above t_s read hidden tokens as absorbed, steps below read their latents."""
+    model = tiny_hybrid(hybrid={"absorb_above": 0.6}).eval()
+    calls = []
+    forward = model.net.forward
+    model.net.forward = lambda *args: calls.append((float(args[1][0]), args[8])) or forward(*args)
+    out = model.generate([[1, 2]], 10, SamplingConfig(steps=4, seed=0))
+    assert len(out[0]) == 10
+    assert [t for t, _ in calls] == [1.0, 0.75, 0.5, 0.25]
+    assert [bool(a.any()) if a is not None else False for _, a in calls] == [True, True, False, False]

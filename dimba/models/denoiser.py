@@ -27,7 +27,7 @@ class DimbaDenoiser(nn.Module):
     """(x_t, t, prompt, self-conditioning) -> (logits, x0_hat), built from the backbone's `MambaConfig` and the
     `DenoiserConfig`."""
 
-    def __init__(self, net: MambaConfig, config: DenoiserConfig, vocab_size: int):
+    def __init__(self, net: MambaConfig, config: DenoiserConfig, vocab_size: int, absorbing: bool = False):
         super().__init__()
         self.d_embed, self.embed_norm, self.x0_param = config.d_embed, config.embed_norm, config.x0_param
         self.block_size = net.block_size
@@ -39,6 +39,9 @@ class DimbaDenoiser(nn.Module):
         self.null_token = nn.Parameter(torch.zeros(d_embed))
         self.in_proj = nn.Linear(d_embed * (2 if config.self_conditioning else 1), d_model)
         self.position_kind = nn.Embedding(2, d_model)  # 0: noised position, 1: clean prompt position
+        # absorbing: a corrupted token may also be absorbed (no latent at all, masked diffusion's regime); it reads
+        # this vector instead of its latent.
+        self.absorbed_embedding = nn.Parameter(torch.zeros(d_model)) if absorbing else None
         self.time_embed = TimestepEmbedding(d_model)
         self.prompt_encoder = PromptEncoder(d_embed, d_model, frozen=config.prompt_encoder == "frozen")
         self.blocks = nn.ModuleList(
@@ -83,14 +86,20 @@ class DimbaDenoiser(nn.Module):
         return clean, prompt_mask & ~drop_prompt[:, None]
 
     def _inputs(self, x_t: Tensor | None, tokens: Tensor, prompt_mask: Tensor, self_cond: Tensor | None,
-                drop_prompt: Tensor | None, clean_mask: Tensor, clean: Tensor) -> Tensor:
+                drop_prompt: Tensor | None, clean_mask: Tensor, clean: Tensor, absorbed: Tensor | None = None
+                ) -> Tensor:
         """The residual stream's input (B, L, d_model): clean embeddings at clean_mask, x_t elsewhere, the
-        self-conditioning channel, the position kind and the wide input."""
+        self-conditioning channel, the position kind and the wide input; at `absorbed` positions (B, L) no latent
+        and no self-conditioning, the absorbed vector instead."""
         x_in = clean if x_t is None else torch.where(clean_mask[..., None], clean, x_t.to(clean.dtype))
         if self.self_conditioning:
             sc = torch.zeros_like(x_in) if self_cond is None else self_cond.to(x_in.dtype)
             x_in = torch.cat([x_in, sc.masked_fill(clean_mask[..., None], 0.0)], dim=-1)
+        if absorbed is not None:
+            x_in = x_in.masked_fill(absorbed[..., None], 0.0)
         h = self.in_proj(x_in.to(self.in_proj.weight.dtype)) + self.position_kind(clean_mask.long())  # (B, L, D)
+        if absorbed is not None:
+            h = h + self.absorbed_embedding.to(h.dtype) * absorbed[..., None]
         if self.wide_input:
             shown = clean_mask if drop_prompt is None else clean_mask & ~(drop_prompt[:, None] & prompt_mask)
             h = h + F.embedding(tokens, self.head.weight).to(h.dtype) * shown[..., None]
@@ -109,7 +118,7 @@ class DimbaDenoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, prompt_tokens: Tensor, prompt_mask: Tensor,
                 self_cond: Tensor | None = None, drop_prompt: Tensor | None = None, clean_mask: Tensor | None = None,
-                logit_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                logit_bias: Tensor | None = None, absorbed: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """
         Args:
             x_t: (B, L, d_embed) noised embeddings (values at clean positions are ignored).
@@ -124,6 +133,7 @@ class DimbaDenoiser(nn.Module):
                 revealed); default: prompt_mask.
             logit_bias: (B, L, vocab) added to the logits before x0_hat is formed (e.g. the likelihood of x_t
                 under each token, computed by the diffusion code).
+            absorbed: (B, L) bool, corrupted positions without a latent (a network built with `absorbing`).
         Returns:
             logits: (B, L, vocab) fp32 scores of the output projection.
             x0_hat: (B, L, d_embed) fp32 estimate of the clean embeddings.
@@ -131,7 +141,7 @@ class DimbaDenoiser(nn.Module):
         clean_mask = prompt_mask if clean_mask is None else clean_mask
         table = self.embedding_table()
         clean, cond_mask = self._clean(prompt_tokens, prompt_mask, drop_prompt, table)
-        h = self._inputs(x_t, prompt_tokens, prompt_mask, self_cond, drop_prompt, clean_mask, clean)
+        h = self._inputs(x_t, prompt_tokens, prompt_mask, self_cond, drop_prompt, clean_mask, clean, absorbed)
         prompt_c = self.prompt_encoder(clean, cond_mask)  # (B, D)
         if t.dim() == 2 and t.shape[1] > 1:
             h = self.two_stream(h, t, prompt_tokens, prompt_mask, drop_prompt, clean, prompt_c)
@@ -181,12 +191,12 @@ class DimbaDenoiser(nn.Module):
 
     def denoise_block(self, state: BlockState, x_t: Tensor, t: Tensor, tokens: Tensor, prompt_mask: Tensor,
                       self_cond: Tensor | None = None, clean_mask: Tensor | None = None,
-                      logit_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                      logit_bias: Tensor | None = None, absorbed: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`forward` on one block (B, n) after what `state` summarises: cost O(n), whatever came before."""
         clean_mask = prompt_mask if clean_mask is None else clean_mask
         table = self.embedding_table()
         clean, _ = self._clean(tokens, prompt_mask, state.drop_prompt, table)
-        h = self._inputs(x_t, tokens, prompt_mask, self_cond, state.drop_prompt, clean_mask, clean)
+        h = self._inputs(x_t, tokens, prompt_mask, self_cond, state.drop_prompt, clean_mask, clean, absorbed)
         c = self.time_embed(t) + state.prompt_c
         for block, layer in zip(self.blocks, state.layers, strict=True):
             h, _ = block.block_from(h, c, layer)

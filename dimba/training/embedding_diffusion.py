@@ -46,7 +46,8 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
     uses_uniforms = False  # the corruption draws a uniform per position (fixed per example in validation)
 
     def __init__(self, net: MambaConfig, denoiser: DenoiserConfig, diffusion: DiffusionConfig,
-                 prompt: PromptConfig, optim: OptimConfig, vocab_size: int, seq_len: int, **more: Config):
+                 prompt: PromptConfig, optim: OptimConfig, vocab_size: int, seq_len: int, absorbing: bool = False,
+                 **more: Config):
         super().__init__(vocab_size, seq_len, optim)
         self.net_config = MambaConfig.from_dict(net)
         self.denoiser_config = DenoiserConfig.from_dict(denoiser)
@@ -55,7 +56,7 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
         self.save_configs(net=self.net_config, denoiser=self.denoiser_config, diffusion=self.diffusion_config,
                           prompt=self.prompt_config, **more)
         self.check_block_size()
-        self.net = DimbaDenoiser(self.net_config, self.denoiser_config, vocab_size)
+        self.net = DimbaDenoiser(self.net_config, self.denoiser_config, vocab_size, absorbing)
         self.schedule = NoiseSchedule(self.diffusion_config.schedule, log_snr_shift=self.diffusion_config.log_snr_shift,
                                       d_embed=self.denoiser_config.d_embed)
         self.eval_metrics = FixedTimeMetrics()
@@ -74,6 +75,10 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
                   t: Tensor) -> Tensor:
         """The scalar to optimise, from the logits (B, L, V) and the loss parts over the corrupted positions."""
         raise NotImplementedError
+
+    def absorbed(self, corrupted: Tensor, t: Tensor) -> Tensor | None:
+        """(B, L) bool: the corrupted positions (B, L) at times t (B,) that have no latent; None: none has."""
+        return None
 
     # ------------------------------------------------------------------ training
     def skip_logits(self, x_t: Tensor, t: Tensor) -> Tensor | None:
@@ -101,11 +106,15 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
         bias = self.skip_logits(x_t, row_t)
         generated = self.as_rows(~prompt_mask, n)
         corrupted = self.corrupt(generated, row_t, None if uniforms is None else self.as_rows(uniforms, n))
+        absorbed = self.absorbed(corrupted, row_t)
+        if absorbed is not None and bias is not None:  # no latent, no likelihood
+            bias = bias.masked_fill(absorbed[..., None], 0.0)
         x_t, corrupted = x_t.reshape(B, L, -1), corrupted.reshape(B, L)
         bias = None if bias is None else bias.reshape(B, L, -1)
+        absorbed = None if absorbed is None else absorbed.reshape(B, L)
 
         def net(self_cond):
-            return self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt, ~corrupted, bias)
+            return self.net(x_t, t, tokens, prompt_mask, self_cond, drop_prompt, ~corrupted, bias, absorbed)
 
         self_cond = None
         # Draw only when it can matter: validation (prob 0) must not consume the training's random stream.
@@ -166,10 +175,13 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
 
         def denoise(x_t, t, tokens, clean, self_cond, drop):
             self_cond = self_cond if use_self_cond else None
+            bias, absorbed = self.skip_logits(x_t, t), self.absorbed(~clean, t)
+            if absorbed is not None and bias is not None:
+                bias = bias.masked_fill(absorbed[..., None], 0.0)
             if cache is None:
-                return net(x_t, t, tokens, given, self_cond, drop, clean, self.skip_logits(x_t, t))
+                return net(x_t, t, tokens, given, self_cond, drop, clean, bias, absorbed)
             return self.block_fn("denoise_block")(cache[drop is not None], x_t, t, tokens, given, self_cond, clean,
-                                                  self.skip_logits(x_t, t))
+                                                  bias, absorbed)
 
         return denoise
 

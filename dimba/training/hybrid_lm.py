@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dimba.diffusion.config import DiffusionConfig, PromptConfig
+from dimba.diffusion.config import DiffusionConfig, HybridConfig, PromptConfig
 from dimba.diffusion.hybrid import hybrid_reverse_diffusion
 from dimba.diffusion.losses import DiffusionLoss, elbo_cross_entropy
 from dimba.diffusion.masking import CommitStep, hide, stratified_times
@@ -25,6 +25,7 @@ class HybridLM(EmbeddingDiffusionLM):
     Args:
         net: the Mamba-2 backbone (`MambaConfig`). denoiser: what the denoiser adds (`DenoiserConfig`).
         diffusion: schedule (default "rank") and loss weights (`DiffusionConfig`); ce_weight weighs the ELBO term.
+        hybrid: where tokens lose their latents and where the training signal goes (`HybridConfig`).
         prompt: which tokens of a training example are its clean prompt (`PromptConfig`).
         optim: optimiser and LR schedule (`OptimConfig`).
         vocab_size, seq_len: from the data module (linked by the CLI).
@@ -36,13 +37,24 @@ class HybridLM(EmbeddingDiffusionLM):
     uses_uniforms = True
 
     def __init__(self, net: MambaConfig = MambaConfig(), denoiser: DenoiserConfig = DenoiserConfig(),
-                 diffusion: DiffusionConfig = DiffusionConfig(schedule="rank"), prompt: PromptConfig = PromptConfig(),
-                 optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
-        super().__init__(net, denoiser, diffusion, prompt, optim, vocab_size, seq_len)
+                 diffusion: DiffusionConfig = DiffusionConfig(schedule="rank"), hybrid: HybridConfig = HybridConfig(),
+                 prompt: PromptConfig = PromptConfig(), optim: OptimConfig = OptimConfig(), vocab_size: int = 4096,
+                 seq_len: int = 128):
+        hybrid_config = HybridConfig.from_dict(hybrid)
+        super().__init__(net, denoiser, diffusion, prompt, optim, vocab_size, seq_len,
+                         absorbing=hybrid_config.absorb_above < 1, hybrid=hybrid_config)
+        self.hybrid_config = hybrid_config
 
     def sample_times(self, n: int) -> Tensor:
-        """Uniform (stratified): the ELBO's 1/t weight already says where the loss matters."""
-        return stratified_times(n, self.device)
+        """Stratified, uniform by default: the ELBO's 1/t weight already says where the loss matters; with
+        hybrid.high_t > 1 the density leans towards high t (t = u^(1/high_t))."""
+        t = stratified_times(n, self.device)
+        return t if self.hybrid_config.high_t == 1.0 else t ** (1 / self.hybrid_config.high_t)
+
+    def absorbed(self, corrupted: Tensor, t: Tensor) -> Tensor | None:
+        """Above hybrid.absorb_above a corrupted token has no latent: masked diffusion's regime, where it wins."""
+        t_s = self.hybrid_config.absorb_above
+        return None if t_s >= 1 else corrupted & (t > t_s)[:, None]
 
     def corrupt(self, generated: Tensor, t: Tensor, uniforms: Tensor | None) -> Tensor:
         return hide(generated, t, uniforms)  # each generated position with probability t
@@ -50,7 +62,9 @@ class HybridLM(EmbeddingDiffusionLM):
     def objective(self, logits: Tensor, parts: DiffusionLoss, tokens: Tensor, corrupted: Tensor, generated: Tensor,
                   t: Tensor) -> Tensor:
         cfg = self.diffusion_config
-        return cfg.ce_weight * elbo_cross_entropy(logits, tokens, corrupted, generated, t) + cfg.mse_weight * parts.mse
+        ce = elbo_cross_entropy(logits, tokens, corrupted, generated, t) if self.hybrid_config.weighting == "elbo" \
+            else parts.ce  # the mean CE of the corrupted tokens, unweighted
+        return cfg.ce_weight * ce + cfg.mse_weight * parts.mse
 
     def sample_span(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig, streams: ExampleStreams,
                     on_step: OnStep | None, cache: dict | None) -> Tensor:
