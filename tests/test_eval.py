@@ -53,15 +53,13 @@ def test_eval_of_a_hybrid_model_at_a_base_sampling_setting(trained_hybrid, train
                    workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
                    "--grid", "{steps: [2], reveal: [random]}", "--ablations", "{self_condition: [false]}",
                    "--sampling.reveal", "confidence", "--sampling.x0_temperature", "0.9",
-                   "--match_entropy", "temperature", "--at_steps", 2, "--batch_size", 2, "--sensitivity", "true",
-                   "--out_dir", out, cwd=workdir)
+                   "--at_steps", 2, "--batch_size", 2, "--sensitivity", "true", "--out_dir", out, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     rows = [r for r in data["rows"] if r.get("model") == "hybrid"]
-    # the base (32 steps), 2 steps with reveal random, 2 steps without self-conditioning, matched at 2 steps
-    assert len(rows) == 4 and {r["x0_temperature"] for r in rows} == {0.9}
-    assert [r["reveal"] for r in rows] == ["confidence", "random", "confidence", "confidence"]  # matched: the base
-    assert [r["matched_by"] for r in rows if r.get("matched_by")] == ["temperature"]
+    # the base (32 steps), 2 steps with reveal random, 2 steps without self-conditioning
+    assert len(rows) == 3 and {r["x0_temperature"] for r in rows} == {0.9}
+    assert [r["reveal"] for r in rows] == ["confidence", "random", "confidence"]
     label = data["prompt_sensitivity"][0]["label"]
     assert label == "DIMBA hybrid, 2 steps, reveal confidence, x0 temperature 0.9"
     refused = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling.reveal",

@@ -133,25 +133,28 @@ def test_bench_compare_and_curves_refuse_to_overwrite_what_they_did_not_write(tm
 def test_a_task_with_fewer_instances_than_asked_fails_instead_of_looping(workdir, tmp_path):
     from dimba.data.tasks import PathStar, make_split
 
-    with pytest.raises(DimbaError, match="fewer distinct instances than n_test = 100"):
+    with pytest.raises(DimbaError, match=r"fewer distinct instances than its test split needs \(100; 6 found"):
         make_split(PathStar(degree=2, arm_length=1, num_nodes=3), 10, 100, 0)
     args = fit_args(tmp_path, "tiny_task", "--data.task_options",
                     "{degree: 2, arm_length: 1, num_nodes: 3, n_train: 10, n_test: 100}", "--data.seq_len", 16,
                     config=("base.yaml", "tasks/path_star.yaml"), model=None)
     args[args.index("--data.source") + 1] = "task:path_star"
-    assert_clean_failure(dimba_in_process(*args), "fewer distinct instances than n_test = 100")
+    assert_clean_failure(dimba_in_process(*args), "fewer distinct instances than its test split needs (100")
 
 
-def test_sudoku_with_unreachable_givens_fails_instead_of_looping(monkeypatch):
+def test_sudoku_digging_is_bounded(monkeypatch):
+    """A Sudoku that cannot be dug to a hard puzzle (here: no blank ever keeps the solution unique) ends with one
+    line after its bounded tries, instead of looping."""
     import random
 
+    from dimba.data import sudoku
     from dimba.data.tasks import Sudoku6
 
-    task = Sudoku6(givens=8)
-    monkeypatch.setattr(task, "MAX_TRIES", 40)
-    monkeypatch.setattr(task, "count_solutions", lambda grid: 2)  # no removal ever keeps the solution unique
-    with pytest.raises(DimbaError, match="no puzzle with a unique solution and 8 givens in 40 tries"):
-        task.example(random.Random(0))
+    monkeypatch.setattr(sudoku, "count_solutions", lambda grid, limit=2: 2)
+    assert sudoku.hard_puzzle(random.Random(0), tries=3) is None
+    monkeypatch.setattr(sudoku, "hard_puzzle", lambda rng: None)
+    with pytest.raises(DimbaError, match="found no puzzle that propagation cannot finish"):
+        Sudoku6().example(random.Random(0))
 
 
 # ------------------------------------------------------------------ 4. no gigabytes from one line

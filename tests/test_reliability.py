@@ -177,6 +177,7 @@ def test_a_run_stopped_by_max_time_saves_its_last_step(workdir):
     assert ckpt["global_step"] == last_logged + 1 and ckpt["global_step"] > 3
 
 
+@pytest.mark.slow  # three fits timed by the wall clock (40 s); the suite's budget
 def test_resume_after_the_time_limit_needs_more_time(workdir):
     """A run stopped by max_time, resumed with the same max_time, says so instead of ending without a step."""
     from tests.helpers import dimba
