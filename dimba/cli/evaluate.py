@@ -24,11 +24,20 @@ from tqdm import tqdm
 from dimba.errors import ConfigError, DimbaError
 from dimba.eval.diagnostics import noise_rank
 from dimba.eval.journal import JOURNAL_NAME, Journal, file_identity
-from dimba.eval.quality import INFILL_COLUMNS, LONG_COLUMNS, QualityEval, held_out_prompts, markdown, supported
+from dimba.eval.quality import (
+    INFILL_COLUMNS,
+    KNOB_RANGES,
+    LONG_COLUMNS,
+    QualityEval,
+    held_out_prompts,
+    markdown,
+    supported,
+)
 from dimba.outputs import check_out_dir
 from dimba.sampling import SamplingConfig
 from dimba.training.checkpoint import load_for_inference
 
+MatchKnob = Literal[tuple(KNOB_RANGES)]  # the sampling options entropy matching can set
 TEXT_GRID = {"steps": [8, 16, 32, 64, 128, 256], "sampler": ["ddim", "ddpm"], "reveal": ["random", "confidence"]}
 TASK_GRID = {"steps": [8, 32, 128], "reveal": ["random", "confidence"]}
 OPTIONS = tuple(f.name for f in fields(SamplingConfig) if f.name != "seed")
@@ -217,7 +226,7 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
              prompt_len: int = 32, gen_len: int = 96, grid: dict[str, list] | None = None,
              ablations: dict[str, list] | None = None, at_steps: int = 32,
              sampling: SamplingConfig = SamplingConfig(),
-             match_entropy: Literal["temperature", "x0_temperature", "top_p"] | None = None, infill_gap: int = 0,
+             match_entropy: MatchKnob | None = None, infill_gap: int = 0,
              sensitivity: bool = False, diagnose: bool = False, long_lengths: list[int] | None = None,
              samples: int = 3, ar_top_p: float = 0.9,
              batch_size: int = 16, device: str | None = None, out_dir: Path = Path("runs/eval")) -> None:
