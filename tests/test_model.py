@@ -161,3 +161,14 @@ def test_a_small_model_overfits_sentences_and_completes_them():
                                prompt=dict(prompt_prob=0.9, cfg_dropout=0.0)), ids, 600)
     completions = model.generate([s[:2].tolist() for s in ids], 8, SamplingConfig(steps=20, temperature=0, seed=123))
     assert completions == ids[:, 2:].tolist()
+
+
+def test_the_embedding_table_cached_for_sampling_follows_the_weights():
+    net = tiny_net()
+    with torch.no_grad():
+        first = net.embedding_table()
+        assert net.embedding_table() is first  # sampling calls it several times per step: computed once
+        net.embedding.weight.mul_(2.0)  # an optimizer step, a loaded state dict, EMA swapping weights in
+        changed = net.embedding_table()
+    assert changed is not first and torch.equal(changed, net.embedding_table())
+    assert net.embedding_table().requires_grad  # with gradients it is never the cached copy

@@ -35,6 +35,7 @@ class DimbaDenoiser(nn.Module):
         d_model, d_embed = net.d_model, config.d_embed
         self.embedding = nn.Embedding(vocab_size, d_embed)
         nn.init.normal_(self.embedding.weight)  # unit variance per coordinate, like the noise
+        self._table_cache: tuple | None = None  # (weights' version, E) while sampling
         # Stands in for prompt tokens when the prompt is dropped (classifier-free guidance).
         self.null_token = nn.Parameter(torch.zeros(d_embed))
         self.in_proj = nn.Linear(d_embed * (2 if config.self_conditioning else 1), d_model)
@@ -64,10 +65,18 @@ class DimbaDenoiser(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def embedding_table(self) -> Tensor:
-        """E as used everywhere (inputs, targets, tied output): (vocab, d_embed), fp32."""
-        table = upcast(self.embedding.weight)
+        """E as used everywhere (inputs, targets, tied output): (vocab, d_embed), fp32. Without gradients (sampling
+        calls it several times per step) it is computed once per version of the weights."""
+        weight = self.embedding.weight
+        cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # a traced graph computes it
+        key = (weight._version, weight.data_ptr(), weight.device, weight.dtype) if cache else None
+        if cache and self._table_cache is not None and self._table_cache[0] == key:
+            return self._table_cache[1]
+        table = upcast(weight)
         if self.embed_norm:
             table = F.normalize(table, dim=-1) * math.sqrt(self.d_embed)
+        if cache:
+            self._table_cache = (key, table)
         return table
 
     def embed(self, tokens: Tensor) -> Tensor:
