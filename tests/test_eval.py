@@ -257,3 +257,36 @@ def test_bench_builds_each_kind_from_stacked_configs_as_the_cli_does():
     gaussian = model_from_configs(*base, "--model", config_path("model/gaussian.yaml"))
     assert gaussian.kind == "dimba" and gaussian.denoiser_config.head == "tied" and gaussian.net_config.n_layers == 3
     assert gaussian.time_warp_config.enabled and not gaussian.denoiser_config.wide_input
+
+
+def test_compare_plots_quality_against_latency_with_the_pareto_frontier(tmp_path):
+    """Entropy-matched rows of `dimba eval` runs joined with the batch-1 latency `dimba bench` measured for the same
+    checkpoint and steps; the frontier holds the points nothing beats on both axes."""
+    from dimba.eval.plots import dominates
+
+    def run(name, ckpt, kind, ppl_by_steps):
+        rows = [{"label": f"{kind} {n}", "model": kind, "steps": n, "gen_ppl": ppl, "matched_by": "temperature"}
+                for n, ppl in ppl_by_steps.items()]
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"settings": {"ckpt_path": str(ckpt)}, "rows": rows}))
+        return folder
+
+    runs = [run("block8", tmp_path / "b8.ckpt", "hybrid", {2: 900.0, 4: 700.0}),
+            run("ar", tmp_path / "ar.ckpt", "ar", {32: 40.0})]
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    generation = [{"model": "DIMBA hybrid block 8", "steps": 2, "length": 1024, "batch": 1, "latency_s": 0.4},
+                  {"model": "DIMBA hybrid block 8", "steps": 4, "length": 1024, "batch": 1, "latency_s": 0.7},
+                  {"model": "AR", "steps": None, "length": 1024, "batch": 1, "latency_s": 0.9},
+                  {"model": "AR", "steps": None, "length": 128, "batch": 1, "latency_s": 0.1}]
+    (bench / "bench.json").write_text(json.dumps({"settings": {"ckpt_path": str(tmp_path / "b8.ckpt"),
+                                                               "ar_ckpt_path": str(tmp_path / "ar.ckpt")},
+                                                  "generation": generation}))
+    out = tmp_path / "pareto.png"
+    result = dimba_in_process("compare", "--runs", f"[{runs[0]},{runs[1]}]", "--latency", f"[{bench}]", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = out.with_suffix(".md").read_text()
+    assert "| block8, 2 steps | 900 | 0.4 |" in table and "| ar | 40 | 0.9 |" in table and out.stat().st_size > 0
+    a, b = {"latency_s": 0.4, "gen_ppl": 900.0}, {"latency_s": 0.7, "gen_ppl": 700.0}
+    assert not dominates(a, b) and not dominates(b, a) and dominates({"latency_s": 0.3, "gen_ppl": 700.0}, b)

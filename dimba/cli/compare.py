@@ -6,17 +6,19 @@ import json
 from pathlib import Path
 
 from dimba.errors import ConfigError
-from dimba.eval.compare import pick_rows, read_rows
+from dimba.eval.compare import latency_points, pick_rows, read_rows
 from dimba.outputs import check_output_file, is_png
 
 
 def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: bool = False,
-            overwrite: bool = False) -> None:
-    """plot several `dimba eval` runs together: gen-PPL against steps, or one row of each against entropy
+            latency: list[Path] | None = None, length: int | None = None, overwrite: bool = False) -> None:
+    """plot several `dimba eval` runs together: gen-PPL against steps, against latency, or one row of each
 
     Without --row: gen-PPL against denoising steps, one line per run (and per sampler / reveal order), each run's
     AR rows as horizontal lines. With --row LABEL: that row of each run, gen-PPL against entropy, one point per
     run, with the real continuation and random tokens as references, a Markdown table and a sample of each.
+    With --latency BENCH_DIRS: every entropy-matched row against the batch-1 latency `dimba bench` measured for
+    its checkpoint and step count, the Pareto frontier ringed, and a table beside (.md).
 
     Args:
         runs: output folders of `dimba eval`, e.g. [runs/eval_a,runs/eval_b]
@@ -24,15 +26,27 @@ def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: b
         row: the row label to compare across runs (as in results.md)
         matched_only: without --row: only the rows at real text's entropy (`dimba eval --match_entropy`), the ones
             comparable across models
+        latency: `dimba bench` output folders: plot quality against their batch-1 latency
+        length: with --latency: the generation length whose latency counts (default: the longest measured)
         overwrite: replace --out (and the .md beside it) even if they are not earlier outputs of this command
     """
     if not runs:
         raise ConfigError("--runs needs at least one `dimba eval` folder")
     check_output_file(out, is_png, overwrite, "dimba compare")
-    if row is not None:
+    if row is not None or latency:
         check_output_file(out.with_suffix(".md"), lambda head: head.startswith(b"| label |"), overwrite,
                           "dimba compare")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if latency:
+        from dimba.eval.plots import pareto
+        from dimba.eval.quality import markdown
+
+        points = latency_points(runs, latency, length)
+        pareto(points, out)
+        table = markdown(points, ["label", "gen_ppl", "latency_s"])
+        out.with_suffix(".md").write_text(table)
+        print(table)
+        return
     if row is None:
         from dimba.eval.plots import steps_across_runs
 

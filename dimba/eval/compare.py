@@ -34,3 +34,37 @@ def pick_rows(eval_dirs: list[Path], label: str) -> list[dict]:
             raise DimbaError(f"{path} has no row {label!r}; it has: {', '.join(r['label'] for r in run_rows)}")
         rows.append(match[0] | {"label": folder.name})
     return rows
+
+
+def latency_points(eval_dirs: list[Path], bench_dirs: list[Path], length: int | None = None) -> list[dict]:
+    """Quality against speed: every entropy-matched row of each `dimba eval` run, with the batch-1 latency that a
+    `dimba bench` run measured for the same checkpoint and step count (at `length` new tokens; default the
+    longest measured). Rows without a matching measurement are left out."""
+    latency: dict[tuple[str, int | None], float] = {}
+    for folder in bench_dirs:
+        path = folder / "bench.json"
+        if not path.is_file():
+            raise DimbaError(f"no bench.json in {folder} (run `dimba bench --out_dir {folder}` first)")
+        bench = json.loads(path.read_text(encoding="utf-8"))
+        settings, rows = bench.get("settings", {}), [r for r in bench["generation"] if r["batch"] == 1]
+        longest = length or max((r["length"] for r in rows), default=0)
+        for r in rows:
+            ckpt = settings.get("ar_ckpt_path" if r["steps"] is None else "ckpt_path")
+            if r["length"] == longest and ckpt not in (None, "None"):
+                latency[(str(Path(ckpt).resolve()), r["steps"])] = r["latency_s"]
+    points = []
+    for folder in eval_dirs:
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        ckpt = str(Path(results["settings"]["ckpt_path"]).resolve())
+        for row in read_rows(folder):
+            if not row.get("matched_by"):
+                continue
+            steps = row.get("steps") if row["model"] != "ar" else None
+            if (ckpt, steps) in latency:
+                points.append({"run": folder.name, "steps": steps, "gen_ppl": row["gen_ppl"],
+                               "latency_s": latency[(ckpt, steps)],
+                               "label": folder.name + ("" if steps is None else f", {steps} steps")})
+    if not points:
+        raise DimbaError("no entropy-matched row of these evaluations has a batch-1 latency in these benchmarks "
+                         "(the same checkpoint and step count)")
+    return points

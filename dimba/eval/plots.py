@@ -121,3 +121,29 @@ def steps_across_runs(runs: dict[str, list[dict]], path: Path) -> plt.Figure:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
+
+
+def dominates(q: dict, p: dict) -> bool:
+    """q is at least as fast and as good as p, and better on one of the two."""
+    return (q["latency_s"] <= p["latency_s"] and q["gen_ppl"] <= p["gen_ppl"]
+            and (q["latency_s"] < p["latency_s"] or q["gen_ppl"] < p["gen_ppl"]))
+
+
+def pareto(points: list[dict], path: Path) -> plt.Figure:
+    """gen-PPL against batch-1 latency (both log), one colour per run (its step counts joined), the points no other
+    beats on both axes ringed: the Pareto frontier of quality and speed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, run in enumerate(dict.fromkeys(p["run"] for p in points)):
+        pts = sorted((p["latency_s"], p["gen_ppl"], p["steps"]) for p in points if p["run"] == run)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i % 10}", label=run)
+        for x, y, steps in pts:
+            if steps is not None:
+                ax.annotate(str(steps), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = [p for p in points if not any(dominates(q, p) for q in points)]
+    ax.scatter([p["latency_s"] for p in front], [p["gen_ppl"] for p in front], s=120, facecolors="none",
+               edgecolors="black", label="Pareto frontier")
+    ax.set(xscale="log", yscale="log", xlabel="latency at batch 1 (s)", ylabel="gen-PPL at real text's entropy")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
