@@ -38,8 +38,8 @@ def test_validate_and_test_a_checkpoint(trained, workdir, verb):
     assert f"{'val' if verb == 'validate' else 'test'}/loss" in result.stdout
 
 
-VERBS = ("fit", "validate", "test", "predict", "eval", "bench", "export", "compare", "curves", "bench-mamba2",
-         "configs")
+VERBS = ("fit", "validate", "test", "distill", "predict", "eval", "bench", "export", "compare", "curves",
+         "bench-mamba2", "configs")
 
 
 def test_help_lists_every_verb_and_every_verb_has_help_and_a_config_file():

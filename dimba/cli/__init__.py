@@ -21,6 +21,7 @@ LIGHTNING_VERBS = {
     "fit": "train a model: `dimba fit --config configs/base.yaml` (LightningCLI; any model kind with --model)",
     "validate": "validation metrics of a checkpoint on a data config (LightningCLI)",
     "test": "test metrics of a checkpoint on a data config (LightningCLI)",
+    "distill": "halve a committing model's sampling steps: `dimba fit` of a student (--model.init_args.teacher CKPT)",
 }
 # verb -> "module:function"; the function's signature is the verb's flags, its docstring the help.
 FUNCTION_VERBS = {
@@ -86,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if verb in FUNCTION_VERBS:
             run_function(verb, argv[1:])
+        elif verb == "distill":
+            from dimba.cli.fit import print_distill_help, run, with_distiller
+            if {"-h", "--help"} & set(argv[1:]):
+                print_distill_help()
+            else:
+                run(with_distiller(argv[1:]))
         else:
             from dimba.cli.fit import run
             run(lightning_args)

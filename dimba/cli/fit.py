@@ -110,3 +110,21 @@ def model_from_configs(*args: str | Path) -> LanguageModelBase:
     model = cli.config.model
     init = model.init_args.as_dict() | {"vocab_size": cli.config.data.tokenizer_vocab_size}
     return model_class(model.class_path)(**init)
+
+
+DISTILLER = "dimba.training.distill.Distiller"
+
+
+def with_distiller(args: list[str]) -> list[str]:
+    """`dimba distill ARGS` as `dimba fit`: the model switched to the Distiller right after the config files (which
+    give the data and trainer; a model they name is replaced, keeping the settings the Distiller takes), so that
+    the flags after them set the Distiller's own (--model.init_args.teacher, teacher_steps)."""
+    last = max((i + 2 for i, a in enumerate(args) if a in ("--config", "-c")), default=0)
+    return ["fit", *args[:last], "--model", DISTILLER, *args[last:]]
+
+
+def print_distill_help() -> None:
+    """`dimba distill --help`: the verb's usage, then the Distiller's own flags (the rest are `dimba fit`'s)."""
+    print("usage: dimba distill --config CONFIG [--config CONFIG ...] --model.init_args.teacher CKPT\n"
+          "                     [--model.init_args.teacher_steps N] [any `dimba fit` flag: dimba fit --help]\n")
+    run(["fit", "--model.help", DISTILLER])

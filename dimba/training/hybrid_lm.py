@@ -5,6 +5,8 @@ schedule; the ELBO-weighted cross-entropy of the corrupted tokens; a sampler tha
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dimba.diffusion.config import DiffusionConfig, HybridConfig, PromptConfig
@@ -74,3 +76,38 @@ class HybridLM(EmbeddingDiffusionLM):
         return hybrid_reverse_diffusion(self.denoiser(given, cfg, cache), sampler, self.guidance(cfg), commit,
                                         cfg.steps, cfg.self_condition and self.net.self_conditioning, streams, tokens,
                                         given, on_step)
+
+    def self_distillation_pair(self, student: HybridLM, tokens: Tensor, prompt_mask: Tensor, t: float, dt: float
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+        """(the student's logits at x_t (B, L, V), the teacher's two-step target (B, L, V), the hidden positions
+        (B, L)) for `dimba.training.distill`: tokens (B, L) corrupted at time t (one for the batch); the teacher's
+        two steps are its sampler's (reveals drawn at temperature 1, latents moved by DDIM, its estimate fed back),
+        its draws from the global RNG (a training stream)."""
+        B = len(tokens)
+        generated = ~prompt_mask
+        t_now = torch.full((B,), t, device=tokens.device)
+        hidden = hide(generated, t_now)
+        x_t = self.schedule.q_sample(self.net.embed(tokens), t_now, torch.randn(*tokens.shape, self.net.d_embed,
+                                                                                device=tokens.device))
+        with torch.no_grad():
+            table = self.net.embedding_table()
+            teacher = self.denoiser(prompt_mask, SamplingConfig())
+            logits, x0_hat = teacher(x_t, t_now, tokens, ~hidden, None, None)
+            draws = torch.multinomial(torch.softmax(logits.flatten(0, 1), -1), 1).view(hidden.shape)
+            count = CommitStep.count(hidden, generated.sum(1), t - dt)
+            scores = torch.rand(hidden.shape, device=tokens.device).masked_fill(~hidden, -1.0)
+            reveal = hidden & (scores.argsort(1, descending=True).argsort(1) < count[:, None])
+            revealed, still = torch.where(reveal, draws, tokens), hidden & ~reveal
+            x_next = torch.where(still[..., None], DDIMSampler(self.schedule).step(x_t, x0_hat, t, t - dt),
+                                 table[revealed])
+            self_cond = torch.where(still[..., None], x0_hat, table[revealed])
+            second, _ = teacher(x_next, torch.full((B,), t - dt, device=tokens.device), revealed, ~still, self_cond,
+                                None)
+            target = torch.where(reveal[..., None], F.one_hot(draws, second.shape[-1]).to(second.dtype),
+                                 torch.softmax(second, -1))
+        own = student.denoiser(prompt_mask, SamplingConfig())
+        self_cond = None
+        if student.net.self_conditioning and torch.rand(()) < student.diffusion_config.self_cond_prob:
+            with torch.no_grad():  # as in training: a first estimate fed back on some batches
+                self_cond = own(x_t, t_now, tokens, ~hidden, None, None)[1]
+        return own(x_t, t_now, tokens, ~hidden, self_cond, None)[0], target, hidden

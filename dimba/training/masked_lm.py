@@ -116,6 +116,30 @@ class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
                 on_step(i, x.masked_fill(hidden, -1))
         return x
 
+    @torch.no_grad()
+    def _two_steps(self, x: Tensor, hidden: Tensor, n_generated: Tensor, t: float, dt: float
+                   ) -> tuple[Tensor, Tensor]:
+        """The teacher's two steps from t for self-distillation: (target distributions (B, L, V), the first step's
+        reveals (B, L)); the draws and reveal order come from the global RNG (a training stream)."""
+        logits = self.net(x)
+        draws = torch.multinomial(torch.softmax(logits.flatten(0, 1), -1), 1).view(hidden.shape)
+        count = CommitStep.count(hidden, n_generated, t - dt)
+        scores = torch.rand(hidden.shape, device=x.device).masked_fill(~hidden, -1.0)
+        rank = scores.argsort(1, descending=True).argsort(1)
+        reveal = hidden & (rank < count[:, None])
+        second = torch.softmax(self.net(torch.where(reveal, draws, x)), -1)
+        return torch.where(reveal[..., None], F.one_hot(draws, second.shape[-1]).to(second.dtype), second), reveal
+
+    def self_distillation_pair(self, student: MaskedLM, tokens: Tensor, prompt_mask: Tensor, t: float, dt: float
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+        """(the student's logits at x_t (B, L, V), the teacher's two-step target (B, L, V), the hidden positions
+        (B, L)) for `dimba.training.distill`, tokens (B, L) corrupted at time t (one for the batch)."""
+        generated = ~prompt_mask
+        hidden = hide(generated, torch.full((len(tokens),), t, device=tokens.device))
+        x = tokens.masked_fill(hidden, self.net.mask_id)
+        target, _ = self._two_steps(x, hidden, generated.sum(1), t, dt)
+        return student.net(x), target, hidden
+
     def block_cache(self, tokens: Tensor, given: Tensor, cfg: SamplingConfig) -> BlockState:
         return self.net.start_blocks()
 
