@@ -47,6 +47,9 @@ class SamplingConfig:
     """softmax temperature of the x0 estimate while denoising (< 1: likelier, less diverse text)"""
     reveal: RevealOrder = "random"
     """which hidden tokens a committing sampler reveals first: random, or confidence (the most probable first)"""
+    stop_at_eos: bool = True
+    """a block model stops after the block in which every row wrote the end-of-sequence token (false: it always
+    writes the full length, as benchmarks need)"""
     warped_steps: bool = True
     """space the steps by the learned time warp when the model has one"""
     seed: int | None = 0

@@ -223,6 +223,9 @@ def test_generation_stops_after_the_block_where_every_row_ended(trained_block):
     model.sample_span = writes_the_end
     out = model.generate([[5, 6, 7]], 60, SamplingConfig(steps=2))
     assert len(calls) == 1 and out == [[eos] * 60]
+    calls.clear()
+    assert model.generate([[5, 6, 7]], 60, SamplingConfig(steps=2, stop_at_eos=False)) == [[eos] * 60]
+    assert len(calls) == 60 // model.block_size + 1  # every block sampled: the one holding the prompt too
 
 
 def test_a_block_model_trains_and_generates_past_its_context_through_the_cli(trained_block, workdir):

@@ -51,8 +51,10 @@ def peak_memory_mb(device: str) -> float:
 
 def generation_cells(model: LanguageModelBase, args) -> list[tuple[int | None, SamplingConfig]]:
     """(steps, config) per benchmark cell: every step count for a model that has steps, else one cell."""
+    # Every cell writes the full length: a block model would stop at its end-of-sequence token.
+    full = {"stop_at_eos": False} if "stop_at_eos" in model.sampling_options else {}
     if "steps" in model.sampling_options:
-        return [(steps, SamplingConfig(steps=steps, seed=0)) for steps in args.steps]
+        return [(steps, SamplingConfig(steps=steps, seed=0, **full)) for steps in args.steps]
     return [(None, SamplingConfig(seed=0))]
 
 

@@ -98,7 +98,7 @@ class BlockDiffusion:
                        on_commit: OnCommit | None) -> Tensor:
         """Block by block, left to right, each with cfg.steps steps of the kind's sampler. Stops after the first
         block in which every row has written the end-of-sequence token, when nothing given follows (the rest is
-        that token)."""
+        that token), unless cfg.stop_at_eos is false."""
         B, L = tokens.shape
         k = self.block_size
         tokens = tokens.clone()
@@ -109,7 +109,8 @@ class BlockDiffusion:
             cache = self.advance_cache(cache, tokens[:, :first], given[:, :first])
         guess = torch.where(given, tokens, torch.full_like(tokens, -1))
         steps_done = 0
-        eos = self.eos_id if self.tokenizer is not None else None  # without a tokenizer no id means "the end"
+        # Without a tokenizer no id means "the end".
+        eos = self.eos_id if self.tokenizer is not None and cfg.stop_at_eos else None
         for lo in range(first, L, k):
             hi = min(lo + k, L)
 

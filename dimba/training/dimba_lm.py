@@ -34,7 +34,7 @@ class DimbaLM(EmbeddingDiffusionLM):
 
     kind, short_name, display_name = "dimba", "DIMBA", "DIMBA (Gaussian diffusion)"
     sampling_options = frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "clamp_from", "temperature",
-                                  "top_p", "x0_temperature", "warped_steps"})
+                                  "top_p", "x0_temperature", "warped_steps", "stop_at_eos"})
 
     def __init__(self, net: MambaConfig = MambaConfig(), denoiser: DenoiserConfig = DenoiserConfig(),
                  diffusion: DiffusionConfig = DiffusionConfig(), time_warp: TimeWarpConfig = TimeWarpConfig(),

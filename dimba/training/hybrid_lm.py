@@ -35,7 +35,7 @@ class HybridLM(EmbeddingDiffusionLM):
 
     kind, short_name, display_name = "hybrid", "DIMBA hybrid", "DIMBA (hybrid diffusion)"
     sampling_options = frozenset({"steps", "sampler", "eta", "guidance", "self_condition", "temperature", "top_p",
-                                  "x0_temperature", "reveal"})
+                                  "x0_temperature", "reveal", "stop_at_eos"})
     uses_uniforms = True
 
     def __init__(self, net: MambaConfig = MambaConfig(), denoiser: DenoiserConfig = DenoiserConfig(),

@@ -37,7 +37,7 @@ class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
     """
 
     kind, short_name, display_name = "masked", "MDLM", "the masked-diffusion baseline (MDLM)"
-    sampling_options = frozenset({"steps", "temperature", "top_p", "reveal"})
+    sampling_options = frozenset({"stop_at_eos", "steps", "temperature", "top_p", "reveal"})
 
     def __init__(self, net: MambaConfig = MambaConfig(), prompt: PromptConfig = PromptConfig(),
                  optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
