@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dimba.errors import DimbaError
 from dimba.models.ar import ARLanguageModel
 from dimba.models.config import MambaConfig
 from dimba.sampling import SamplingConfig
@@ -51,6 +52,16 @@ def test_generate_and_score():
     assert logits[0, 2:5].argmax(-1).tolist() == greedy[0]
     nll, count = model.score(seq, torch.ones_like(seq, dtype=torch.bool))
     assert count == 5 and nll > 0
+
+
+def test_decoding_writes_past_the_training_context():
+    """The recurrent state carries, as it does for block models: `dimba bench` times AR at 1024 tokens of a model
+    trained on 128 (refused between 9355025 and this test)."""
+    model = tiny_ar(net=dict(n_layers=1))
+    out = model.generate([[1, 2]], 3 * model.seq_len, SamplingConfig(seed=0))
+    assert len(out[0]) == 3 * model.seq_len
+    with pytest.raises(DimbaError, match="more than"):
+        model.generate([[1]], 10**9, SamplingConfig(seed=0))
 
 
 def test_score_is_the_log_likelihood_of_the_masked_tokens_given_everything_before():

@@ -17,7 +17,7 @@ from dimba.errors import ConfigError
 from dimba.models.ar import ARLanguageModel
 from dimba.models.config import MambaConfig
 from dimba.sampling import ExampleStreams, SamplingConfig, sample_tokens
-from dimba.training.base import LanguageModelBase, LossOutput, OnStep, unpack
+from dimba.training.base import MAX_RECURRENT_LENGTH, LanguageModelBase, LossOutput, OnStep, unpack
 from dimba.training.optim import OptimConfig
 
 
@@ -103,6 +103,11 @@ class ARLM(LanguageModelBase):
         self.eval_ppl[stage].update(logits, tokens[:, 1:].masked_fill(~counted, -100))
         self.log(f"{stage}/loss", self.eval_loss[stage], prog_bar=True, batch_size=tokens.shape[0])
         self.log(f"{stage}/ppl", self.eval_ppl[stage], batch_size=tokens.shape[0])
+
+    @property
+    def max_length(self) -> int:
+        """Decoding carries the Mamba-2 state token by token: it writes past its training context."""
+        return MAX_RECURRENT_LENGTH
 
     @property
     def flops_per_token(self) -> float:

@@ -28,6 +28,10 @@ OnStep = Callable[[int, Tensor], None]
 GroupStep = Callable[[int, list[int], Tensor], None]
 GroupCommit = Callable[[list[int], Tensor], None]
 
+# What a model whose Mamba-2 state carries (AR, block diffusion) generates at most: no context limits it, but a
+# bound keeps one line of input sane.
+MAX_RECURRENT_LENGTH = 1 << 20
+
 
 def unpack(batch) -> tuple[Tensor, Tensor | None]:
     """(tokens (B, L), given (B, L) bool or None). Text batches are token blocks; task batches (reasoning tasks,

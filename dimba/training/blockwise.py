@@ -20,8 +20,7 @@ from torch import Tensor
 
 from dimba.errors import ConfigError
 from dimba.sampling import ExampleStreams, SamplingConfig
-
-MAX_BLOCK_LENGTH = 1 << 20  # what a block model generates at most: the state carries, but a bound keeps one line sane
+from dimba.training.base import MAX_RECURRENT_LENGTH
 
 # on_commit(tokens): the group's tokens (b, L) after a block is committed, -1 where not decided yet.
 OnCommit = Callable[[Tensor], None]
@@ -59,7 +58,7 @@ class BlockDiffusion:
     @property
     def max_length(self) -> int:
         """A block model's state carries: it generates past its training context."""
-        return MAX_BLOCK_LENGTH if self.block_size else self.seq_len
+        return MAX_RECURRENT_LENGTH if self.block_size else self.seq_len
 
     # ------------------------------------------------------------------ generation
     _compiled_blocks: dict | None = None
