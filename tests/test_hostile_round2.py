@@ -289,11 +289,14 @@ def test_a_text_column_of_numbers_or_nulls(workdir, tmp_path):
 
 # ------------------------------------------------------------------ 6. nothing measured is lost at the end
 def test_a_one_point_bench_sweep_writes_its_results(tmp_path):
+    """Also: the fresh models get a context as long as the generation (160 tokens, past the configs' 128)."""
     out = tmp_path / "bench"
-    result = dimba_in_process("bench", "--quick", "true", "--max_length", 256, "--lengths", "[16]", "--out_dir", out)
+    result = dimba_in_process("bench", "--quick", "true", "--max_length", 256, "--lengths", "[160]", "--batches",
+                              "[1]", "--out_dir", out)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads((out / "bench.json").read_text())
     assert data["length_sweep"]["lengths"] == [256] and data["length_sweep"]["loglog_slope"] is None
+    assert {(row["model"], row["length"]) for row in data["generation"]} == {("DIMBA hybrid", 160), ("AR", 160)}
 
 
 def test_an_interrupted_bench_keeps_what_it_measured(tmp_path, monkeypatch):

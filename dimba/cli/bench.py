@@ -75,11 +75,13 @@ def bench(ckpt_path: str | None = None, ar_ckpt_path: str | None = None, lengths
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
+    # Fresh models get a context as long as the longest generation: a whole-sequence model writes no further.
+    context = ("--data.seq_len", str(max(args.lengths + [128])))
     diffusion = load_for_inference(ckpt_path, args.device) if ckpt_path else \
-        model_from_configs("--config", config_path("base.yaml")).to(args.device).eval()
+        model_from_configs("--config", config_path("base.yaml"), *context).to(args.device).eval()
     ar = load_for_inference(ar_ckpt_path, args.device) if ar_ckpt_path else \
-        model_from_configs("--config", config_path("base.yaml"), "--model", config_path("model/ar.yaml")).to(
-            args.device).eval()
+        model_from_configs("--config", config_path("base.yaml"), "--model", config_path("model/ar.yaml"),
+                           *context).to(args.device).eval()
     models = [diffusion, ar]
     if compile:
         for model in models:
