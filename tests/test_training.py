@@ -71,3 +71,22 @@ def test_additive_conditioning_and_the_frozen_prompt_encoder():
     other = tokens.clone()
     other[:, 0] = (tokens[:, 0] + 1) % 40
     assert not torch.allclose(model.net(x, t, tokens, mask)[0], model.net(x, t, other, mask)[0])
+
+
+def test_the_sample_logger_writes_what_fits_the_context(trained):
+    """Its 64 new tokens do not fit a 32-token model after a prompt: it logs shorter samples instead of stopping the
+    run at step 500 (which it did once generate() checked lengths)."""
+    from types import SimpleNamespace
+
+    import dimba
+    from dimba.training.callbacks import SampleLogger
+
+    model = dimba.load(trained, device="cpu")
+    logged = []
+    experiment = SimpleNamespace(add_text=lambda tag, text, global_step: logged.append((tag, text, global_step)))
+    trainer = SimpleNamespace(global_step=500, logger=SimpleNamespace(experiment=experiment))
+    SampleLogger(every_n_steps=500, length=64, steps=2).on_train_batch_end(trainer, model, None, None, 0)
+    assert len(logged) == 1 and logged[0][0] == "samples" and logged[0][2] == 500
+    assert logged[0][1].count("**") == 6  # the three prompts, each with its completion
+    SampleLogger(every_n_steps=500, prompts=("x " * 40,)).on_train_batch_end(trainer, model, None, None, 0)
+    assert len(logged) == 1  # no room after this prompt: nothing sampled, nothing logged

@@ -42,7 +42,8 @@ def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_av
 
 
 class SampleLogger(L.Callback):
-    """Every `every_n_steps` optimizer steps, generate completions of a few prompts and log them as text."""
+    """Every `every_n_steps` optimizer steps, generate completions of a few prompts and log them as text: `length`
+    new tokens, or fewer where the model's context ends sooner (a sample must never stop a run)."""
 
     def __init__(self, every_n_steps: int = 500, prompts: tuple[str, ...] = ("ROMEO:", "", "First Citizen:\n"),
                  length: int = 64, steps: int = 32):
@@ -54,11 +55,14 @@ class SampleLogger(L.Callback):
         if step == 0 or step % self.every_n_steps or trainer.logger is None or pl_module.tokenizer is None:
             return
         tok = pl_module.tokenizer
+        prompts = [tok.encode(p) for p in self.prompts]
+        length = min(self.length, pl_module.max_length - max(map(len, prompts)))
+        if length < 1:
+            return
         was_training = pl_module.training
         pl_module.eval()
         steps = {"steps": self.steps} if "steps" in pl_module.sampling_options else {}
-        completions = pl_module.generate([tok.encode(p) for p in self.prompts], self.length,
-                                         SamplingConfig(seed=step, **steps))
+        completions = pl_module.generate(prompts, length, SamplingConfig(seed=step, **steps))
         pl_module.train(was_training)
         text = "\n\n".join(f"**{p!r}** → {tok.decode(c, stop_at_eos=True)!r}"
                            for p, c in zip(self.prompts, completions, strict=True))
