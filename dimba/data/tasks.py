@@ -121,10 +121,14 @@ class Sudoku6:
         return Example(cells + ["="] + [f"d{v}" for v in solution], [True] * 37 + [v > 0 for v in puzzle])
 
     @staticmethod
+    def digits(cells: list[str]) -> list[int]:
+        """The digits of cell words ("d4" -> 4), 0 for a blank ("_")."""
+        return [int(t[1]) if t != "_" else 0 for t in cells]
+
+    @staticmethod
     def grids(ex: Example) -> tuple[list[int], list[int]]:
         """(puzzle, solution) of an example, 0 for a blank."""
-        puzzle = [int(t[1]) if t != "_" else 0 for t in ex.tokens[:36]]
-        return puzzle, [int(t[1]) for t in ex.tokens[37:73]]
+        return Sudoku6.digits(ex.tokens[:36]), Sudoku6.digits(ex.tokens[37:73])
 
     def key(self, ex: Example) -> tuple:
         """What makes two instances the same: the puzzle and its solution."""

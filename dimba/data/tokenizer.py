@@ -104,8 +104,6 @@ class Tokenizer:
                                  f"({', '.join(sorted(self.words)[:8])}, ...)")
         return encoding.ids
 
-
-
     def encode_texts(self, texts: Iterable[str]) -> list[np.ndarray]:
         """The int32 ids of each text, with memory bounded whatever the texts' lengths: texts are split by
         `split_text` and the pieces encoded in groups of about GROUP_CHARS characters."""

@@ -36,7 +36,8 @@ def hidden_after(n_generated: Tensor, s: float) -> Tensor:
     return torch.round(n_generated * s).long()
 
 
-def choose_reveals(hidden: Tensor, count: Tensor, confidence: Tensor | None, streams: ExampleStreams) -> Tensor:
+def choose_reveals(hidden: Tensor, count: Tensor, confidence: Tensor | None, streams: ExampleStreams | None
+                   ) -> Tensor:
     """(B, L) bool: `count` (B,) of the hidden positions of each example to reveal now.
 
     confidence: (B, L) scores, the highest revealed first; None: uniformly at random (from each example's stream).
@@ -75,3 +76,12 @@ class CommitStep:
         confidence = torch.softmax(logits, dim=-1).amax(-1) if self.reveal == "confidence" else None
         reveal = choose_reveals(hidden, count, confidence, streams)
         return torch.where(reveal, draws, tokens), hidden & ~reveal
+
+
+def teacher_first_step(logits: Tensor, hidden: Tensor, n_generated: Tensor, s: float) -> tuple[Tensor, Tensor]:
+    """The first of a teacher's two steps in self-distillation (`dimba.training.distill`): (a token drawn at every
+    position from logits (B, L, V) at temperature 1, the positions (B, L) the step to s reveals, at random), both
+    from the global RNG: a training stream, not the per-example sampling streams."""
+    draws = torch.multinomial(torch.softmax(logits.flatten(0, 1).float(), -1), 1).view(hidden.shape)
+    order = torch.rand(hidden.shape, device=hidden.device)  # a random reveal order, as scores
+    return draws, choose_reveals(hidden, CommitStep.count(hidden, n_generated, s), order, None)

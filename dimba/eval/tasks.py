@@ -91,8 +91,8 @@ class TaskEval:
         for i in range(len(self.tokens)):
             question, answer = self.words(i)
             if self.source == TASK_PREFIX + Sudoku6.name:
-                puzzle = [int(t[1]) if t != "_" else 0 for t in question[:36]]
-                blanks = iter(int(t[1]) for t in answer)  # the answer is the solution's blank cells, in order
+                puzzle = Sudoku6.digits(question[:36])
+                blanks = iter(Sudoku6.digits(answer))  # the answer is the solution's blank cells, in order
                 solution = [v or next(blanks) for v in puzzle]
                 for name, score in sudoku.baselines(puzzle, solution).items():
                     scores.setdefault(name, []).append(score)

@@ -81,12 +81,14 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
         return None
 
     # ------------------------------------------------------------------ training
-    def skip_logits(self, x_t: Tensor, t: Tensor) -> Tensor | None:
+    def skip_logits(self, x_t: Tensor, t: Tensor, absorbed: Tensor | None) -> Tensor | None:
         """(B, L, V) exact Gaussian likelihood of the latents x_t (B, L, d) under each token at t (B,), added to the
-        network's logits (diffusion.skip_logits), or None."""
+        network's logits (diffusion.skip_logits), or None; zero at the `absorbed` positions (B, L): no latent, no
+        likelihood."""
         if not self.diffusion_config.skip_logits:
             return None
-        return likelihood_logits(x_t, self.net.embedding_table(), self.schedule.alpha_bar(t))
+        bias = likelihood_logits(x_t, self.net.embedding_table(), self.schedule.alpha_bar(t))
+        return bias if absorbed is None else bias.masked_fill(absorbed[..., None], 0.0)
 
     def denoising_loss(self, tokens: Tensor, t: Tensor, prompt_mask: Tensor, drop_prompt: Tensor | None,
                        self_cond_prob: float, noise: Tensor | None = None, uniforms: Tensor | None = None
@@ -103,12 +105,10 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
         x0 = self.net.embed(tokens)
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.schedule.q_sample(self.as_rows(x0, n), row_t, self.as_rows(noise, n))
-        bias = self.skip_logits(x_t, row_t)
         generated = self.as_rows(~prompt_mask, n)
         corrupted = self.corrupt(generated, row_t, None if uniforms is None else self.as_rows(uniforms, n))
         absorbed = self.absorbed(corrupted, row_t)
-        if absorbed is not None and bias is not None:  # no latent, no likelihood
-            bias = bias.masked_fill(absorbed[..., None], 0.0)
+        bias = self.skip_logits(x_t, row_t, absorbed)
         x_t, corrupted = x_t.reshape(B, L, -1), corrupted.reshape(B, L)
         bias = None if bias is None else bias.reshape(B, L, -1)
         absorbed = None if absorbed is None else absorbed.reshape(B, L)
@@ -175,9 +175,8 @@ class EmbeddingDiffusionLM(BlockDiffusion, FixedTimeValidation, LanguageModelBas
 
         def denoise(x_t, t, tokens, clean, self_cond, drop):
             self_cond = self_cond if use_self_cond else None
-            bias, absorbed = self.skip_logits(x_t, t), self.absorbed(~clean, t)
-            if absorbed is not None and bias is not None:
-                bias = bias.masked_fill(absorbed[..., None], 0.0)
+            absorbed = self.absorbed(~clean, t)
+            bias = self.skip_logits(x_t, t, absorbed)
             if cache is None:
                 return net(x_t, t, tokens, given, self_cond, drop, clean, bias, absorbed)
             return self.block_fn("denoise_block")(cache[drop is not None], x_t, t, tokens, given, self_cond, clean,

@@ -12,7 +12,7 @@ from torch import Tensor
 from dimba.diffusion.config import DiffusionConfig, HybridConfig, PromptConfig
 from dimba.diffusion.hybrid import hybrid_reverse_diffusion
 from dimba.diffusion.losses import DiffusionLoss, elbo_cross_entropy
-from dimba.diffusion.masking import CommitStep, hide, stratified_times
+from dimba.diffusion.masking import CommitStep, hide, stratified_times, teacher_first_step
 from dimba.diffusion.samplers import DDIMSampler
 from dimba.models.config import DenoiserConfig, MambaConfig
 from dimba.sampling import ExampleStreams, SamplingConfig
@@ -93,10 +93,7 @@ class HybridLM(EmbeddingDiffusionLM):
             table = self.net.embedding_table()
             teacher = self.denoiser(prompt_mask, SamplingConfig())
             logits, x0_hat = teacher(x_t, t_now, tokens, ~hidden, None, None)
-            draws = torch.multinomial(torch.softmax(logits.flatten(0, 1), -1), 1).view(hidden.shape)
-            count = CommitStep.count(hidden, generated.sum(1), t - dt)
-            scores = torch.rand(hidden.shape, device=tokens.device).masked_fill(~hidden, -1.0)
-            reveal = hidden & (scores.argsort(1, descending=True).argsort(1) < count[:, None])
+            draws, reveal = teacher_first_step(logits, hidden, generated.sum(1), t - dt)
             revealed, still = torch.where(reveal, draws, tokens), hidden & ~reveal
             x_next = torch.where(still[..., None], DDIMSampler(self.schedule).step(x_t, x0_hat, t, t - dt),
                                  table[revealed])

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dimba.diffusion.config import PromptConfig
 from dimba.diffusion.losses import elbo_cross_entropy
-from dimba.diffusion.masking import CommitStep, hide, stratified_times
+from dimba.diffusion.masking import CommitStep, hide, stratified_times, teacher_first_step
 from dimba.diffusion.masks import any_position_mask
 from dimba.models.blocks import BlockState
 from dimba.models.config import MambaConfig
@@ -37,7 +37,7 @@ class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
     """
 
     kind, short_name, display_name = "masked", "MDLM", "the masked-diffusion baseline (MDLM)"
-    sampling_options = frozenset({"stop_at_eos", "steps", "temperature", "top_p", "reveal"})
+    sampling_options = frozenset({"steps", "temperature", "top_p", "reveal", "stop_at_eos"})
 
     def __init__(self, net: MambaConfig = MambaConfig(), prompt: PromptConfig = PromptConfig(),
                  optim: OptimConfig = OptimConfig(), vocab_size: int = 4096, seq_len: int = 128):
@@ -121,12 +121,7 @@ class MaskedLM(BlockDiffusion, FixedTimeValidation, LanguageModelBase):
                    ) -> tuple[Tensor, Tensor]:
         """The teacher's two steps from t for self-distillation: (target distributions (B, L, V), the first step's
         reveals (B, L)); the draws and reveal order come from the global RNG (a training stream)."""
-        logits = self.net(x)
-        draws = torch.multinomial(torch.softmax(logits.flatten(0, 1), -1), 1).view(hidden.shape)
-        count = CommitStep.count(hidden, n_generated, t - dt)
-        scores = torch.rand(hidden.shape, device=x.device).masked_fill(~hidden, -1.0)
-        rank = scores.argsort(1, descending=True).argsort(1)
-        reveal = hidden & (rank < count[:, None])
+        draws, reveal = teacher_first_step(self.net(x), hidden, n_generated, t - dt)
         second = torch.softmax(self.net(torch.where(reveal, draws, x)), -1)
         return torch.where(reveal[..., None], F.one_hot(draws, second.shape[-1]).to(second.dtype), second), reveal
 
