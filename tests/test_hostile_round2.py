@@ -327,6 +327,21 @@ def test_a_second_predict_on_the_same_output_is_refused(trained, tmp_path):
     assert out.read_text() == ""
 
 
+def test_a_fresh_fit_never_replaces_a_finished_runs_checkpoints(workdir, tmp_path):
+    """Seen here: the same `dimba fit` command typed twice replaced a finished 2000-step run's last.ckpt with the new
+    run's at its first save (SIGTERM's CheckpointOnStop) and its periodic checkpoints soon after."""
+    args = fit_args(tmp_path, "twice", "--trainer.max_steps", 1)
+    args[args.index("--data.source") + 1] = workdir / "corpus"
+    assert dimba_in_process(*args).returncode == 0
+    last = tmp_path / "twice" / "base" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    assert_clean_failure(dimba_in_process(*args), f"resume it with --ckpt_path {last}")
+    assert last.read_bytes() == before
+    resumed = dimba_in_process(*[a if a != 1 else 2 for a in args], "--ckpt_path", last)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+
 def test_a_second_fit_in_the_same_run_folder_is_refused(workdir, tmp_path):
     args = fit_args(tmp_path, "shared", "--trainer.max_steps", 1)
     args[args.index("--data.source") + 1] = workdir / "corpus"

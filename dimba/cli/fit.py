@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from dimba.data.datamodule import TextDataModule
 from dimba.errors import DimbaError
@@ -55,6 +56,26 @@ class DimbaCLI(LightningCLI):
         parser.link_arguments("data.seq_len", "model.init_args.seq_len")
         parser.link_arguments("data", "model.init_args.vocab_size", compute_fn=lambda data: data.vocab_size,
                               apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        """A fresh fit over a run folder that holds checkpoints would replace them (`last.ckpt` first, at its first
+        save): refused with one line unless it resumes them (--ckpt_path, or Lightning's own resumption of a
+        requeued SLURM job from its hpc_ckpt_*.ckpt)."""
+        if self.config[self.config.subcommand].get("ckpt_path") or self.slurm_requeued():
+            return
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        saved = sorted({path.name for callback in self.trainer.checkpoint_callbacks
+                        for path in Path(callback.dirpath or folder / "checkpoints").glob("*.ckpt")})
+        if saved:
+            shown = ", ".join(saved[:3]) + (f" and {len(saved) - 3} more" if len(saved) > 3 else "")
+            resume = "last.ckpt" if "last.ckpt" in saved else saved[-1]
+            raise DimbaError(f"{folder} holds a run's checkpoints ({shown}), which this fresh run would replace: "
+                             f"resume it with --ckpt_path {folder / 'checkpoints' / resume}, give this run its own "
+                             "--trainer.logger.init_args.name, or remove the folder")
+
+    def slurm_requeued(self) -> bool:
+        """Lightning restores a requeued SLURM job from default_root_dir/hpc_ckpt_*.ckpt by itself."""
+        return SLURMEnvironment.detect() and any(Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
 
     def before_instantiate_classes(self) -> None:
         # Lightning loads a checkpoint with torch's default unless told; say it: plain data only, never code.
