@@ -177,6 +177,15 @@ def test_plain_weighting_and_times_leaning_towards_high_noise():
     assert 0.7 < skewed.mean() < 0.8 and skewed.min() > 0  # E[t] = 3/4 for density 3t^2
 
 
+def test_the_default_config_trains_on_plain_cross_entropy_and_old_checkpoints_keep_the_elbo():
+    """configs/model/hybrid.yaml sets the measured winner; a checkpoint that names no weighting (written before the
+    option) resumes with the ELBO weight it was trained on."""
+    from dimba.cli.fit import model_from_configs
+    from tests.helpers import CONFIGS
+    assert model_from_configs("--config", CONFIGS / "base.yaml").hybrid_config.weighting == "plain"
+    assert tiny_hybrid(hybrid={}).hybrid_config.weighting == "elbo"  # a checkpoint's missing setting: the default
+
+
 def test_the_committing_sampler_goes_through_both_regimes():
     """One sampler: steps above t_s read hidden tokens as absorbed, steps below read their latents."""
     model = tiny_hybrid(hybrid={"absorb_above": 0.6}).eval()

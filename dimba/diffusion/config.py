@@ -43,7 +43,8 @@ class TimeWarpConfig(Config):
 @dataclass
 class HybridConfig(Config):
     """What the hybrid corruption adds (`HybridLM`): where its tokens lose their latents, where its training signal
-    goes. The defaults are the hybrid of docs/results.md."""
+    goes. The defaults are the behaviour of checkpoints written before these options existed (which resume with the
+    loss they were trained on); configs/model/hybrid.yaml sets today's default, weighting "plain"."""
 
     absorb_above: float = 1.0  # t_s: above it a corrupted token is absorbed (no latent, masked diffusion's regime)
     weighting: str = "elbo"  # the corrupted tokens' CE weighted by the ELBO's 1/t ("elbo"), or plain ("plain")
