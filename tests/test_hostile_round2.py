@@ -342,6 +342,21 @@ def test_a_fresh_fit_never_replaces_a_finished_runs_checkpoints(workdir, tmp_pat
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
 
 
+def test_a_requeued_slurm_job_still_resumes_by_itself(workdir, tmp_path, monkeypatch):
+    """Under SLURM, Lightning restores a requeued job from default_root_dir/hpc_ckpt_*.ckpt: not refused."""
+    args = fit_args(tmp_path, "requeued", "--trainer.max_steps", 1)
+    args[args.index("--data.source") + 1] = workdir / "corpus"
+    assert dimba_in_process(*args).returncode == 0
+    last = tmp_path / "requeued" / "base" / "checkpoints" / "last.ckpt"
+    (tmp_path / "requeued" / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())  # what SIGUSR1's requeue writes
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                        "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    again = dimba_in_process(*[a if a != 1 else 2 for a in args])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+
 def test_a_second_fit_in_the_same_run_folder_is_refused(workdir, tmp_path):
     args = fit_args(tmp_path, "shared", "--trainer.max_steps", 1)
     args[args.index("--data.source") + 1] = workdir / "corpus"

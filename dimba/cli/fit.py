@@ -15,6 +15,12 @@ from dimba.training.base import LanguageModelBase
 from dimba.training.checkpoint import load_checkpoint_file, model_class, upgrade_hparams
 
 
+def run_folder(trainer) -> Path:
+    """The folder a run logs and checkpoints under. trainer.log_dir is a collective under DDP (rank 0 broadcasts
+    it): every rank must ask."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
 class LockedRunFolder(SaveConfigCallback):
     """Lightning's config.yaml writer, which first takes an exclusive lock on the run folder (`.dimba.lock`, rank 0)
     and holds it until the run ends: a second run in the same folder is refused with one line instead of
@@ -24,9 +30,8 @@ class LockedRunFolder(SaveConfigCallback):
     _lock = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        log_dir = trainer.log_dir  # a collective under DDP (rank 0 broadcasts it): every rank must ask
+        folder = run_folder(trainer)
         if trainer.is_global_zero and self._lock is None:
-            folder = Path(log_dir or trainer.default_root_dir)
             folder.mkdir(parents=True, exist_ok=True)
             handle = open(folder / self.LOCK_NAME, "a")
             try:
@@ -63,14 +68,15 @@ class DimbaCLI(LightningCLI):
         requeued SLURM job from its hpc_ckpt_*.ckpt)."""
         if self.config[self.config.subcommand].get("ckpt_path") or self.slurm_requeued():
             return
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        saved = sorted({path.name for callback in self.trainer.checkpoint_callbacks
+        folder = run_folder(self.trainer)
+        saved = sorted({path for callback in self.trainer.checkpoint_callbacks
                         for path in Path(callback.dirpath or folder / "checkpoints").glob("*.ckpt")})
         if saved:
-            shown = ", ".join(saved[:3]) + (f" and {len(saved) - 3} more" if len(saved) > 3 else "")
-            resume = "last.ckpt" if "last.ckpt" in saved else saved[-1]
+            names = [path.name for path in saved]
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            resume = next((path for path in saved if path.name == "last.ckpt"), saved[-1])
             raise DimbaError(f"{folder} holds a run's checkpoints ({shown}), which this fresh run would replace: "
-                             f"resume it with --ckpt_path {folder / 'checkpoints' / resume}, give this run its own "
+                             f"resume it with --ckpt_path {resume}, give this run its own "
                              "--trainer.logger.init_args.name, or remove the folder")
 
     def slurm_requeued(self) -> bool:
