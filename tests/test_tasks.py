@@ -9,7 +9,7 @@ import torch
 
 from dimba.data.tasks import PathStar, Sudoku6, make_split, task_split_arrays, task_tokenizer
 from dimba.errors import DimbaError
-from tests.helpers import CONFIGS, ckpt_dir, dimba, dimba_in_process, fit_args
+from tests.helpers import CONFIGS, assert_clean_failure, ckpt_dir, dimba, dimba_in_process, fit_args
 
 
 def test_path_star_instances_are_stars_with_the_path_to_the_goal():
@@ -147,3 +147,40 @@ def test_train_and_evaluate_on_a_task_through_the_cli(workdir, tmp_path, model):
 def test_eval_task_refuses_a_text_model(trained):
     result = dimba_in_process("eval", "--task", "true", "--ckpt_path", trained)
     assert result.returncode == 2 and "was not trained on a task" in result.stderr
+
+
+def test_a_learning_curve_evaluates_every_checkpoint_in_training_order(workdir, tmp_path):
+    options = {"degree": 2, "n_train": 64, "n_test": 8, "n_val": 8}
+    args = fit_args(tmp_path, "curve", "--model", CONFIGS / "model" / "masked.yaml", "--data.task_options",
+                    json.dumps(options), "--data.seq_len", 40, "--data.batch_size", 8, "--trainer.max_steps", 2,
+                    "--trainer.logger.init_args.name", "curve", "--model.init_args.net.d_model", 32,
+                    "--model.init_args.net.n_layers", 1, "--model.init_args.net.headdim", 16,
+                    config=("base.yaml", "tasks/path_star.yaml"), model=None)
+    args[args.index("--data.source") + 1] = "task:path_star"
+    assert (result := dimba(*args, cwd=workdir)).returncode == 0, result.stderr[-3000:]
+    folder = ckpt_dir(tmp_path, "curve", "curve")
+    ckpt = torch.load(folder / "last.ckpt", weights_only=False)
+    for step in (16, 4):  # written later than it trained: the order is the training step, not the name or time
+        ckpt["global_step"] = step
+        ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] = step
+        torch.save(ckpt, folder / f"step={step}.ckpt")
+    grid = ("--grid", "{steps: [2], reveal: [confidence]}", "--limit", 8)
+    for name in ("a", "b"):
+        evaluated = dimba_in_process("eval", "--task", "true", "--ckpt_path", folder / "step=*.ckpt", *grid,
+                                     "--out_dir", tmp_path / name)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    rows = [r for r in json.loads((tmp_path / "a" / "task.json").read_text())["rows"] if r["model"] != "baseline"]
+    assert [(r["checkpoint"], r["step"], r["epochs"]) for r in rows] == [("step=4.ckpt", 4, 0.5),
+                                                                         ("step=16.ckpt", 16, 2.0)]
+    assert "| 16 | 2 |" in (tmp_path / "a" / "task.md").read_text()
+    compared = dimba_in_process("compare", "--runs", f"[{tmp_path / 'a'},{tmp_path / 'b'}]", "--out",
+                                tmp_path / "curves.png")
+    assert compared.returncode == 0 and (tmp_path / "curves.png").exists(), compared.stderr[-3000:]
+    assert compared.stdout.count("| 16 | 2 |") == 2 and "| 4 |" not in compared.stdout  # each run's last checkpoint
+    assert_clean_failure(dimba_in_process("compare", "--runs", f"[{tmp_path / 'a'}]", "--row", "x", "--out",
+                                          tmp_path / "row.png"), "task evaluations compare as learning curves")
+    assert_clean_failure(dimba_in_process("eval", "--task", "true", "--ckpt_path", folder / "nothing*.ckpt",
+                                          "--out_dir", tmp_path / "c"), "matches no file")
+    assert_clean_failure(dimba_in_process("eval", "--ckpt_path", folder / "step=*.ckpt", "--judge_ckpt_path",
+                                          folder / "last.ckpt", "--out_dir", tmp_path / "d"),
+                         "text evaluation takes one")

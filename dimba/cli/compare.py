@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dimba.errors import ConfigError
-from dimba.eval.compare import latency_points, pick_rows, read_rows
+from dimba.eval.compare import latency_points, pick_rows, read_rows, read_task_rows
 from dimba.outputs import check_output_file, is_png
 
 
@@ -15,8 +15,10 @@ def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: b
     """plot several `dimba eval` runs together: gen-PPL against steps, against latency, or one row of each
 
     Without --row: gen-PPL against denoising steps, one line per run (and per sampler / reveal order), each run's
-    AR rows as horizontal lines. With --row LABEL: that row of each run, gen-PPL against entropy, one point per
-    run, with the real continuation and random tokens as references, a Markdown table and a sample of each.
+    AR rows as horizontal lines; for runs of `dimba eval --task true`, their learning curves together (exact match
+    and accuracy per position against training epochs) and each run's last checkpoint as a table.
+    With --row LABEL: that row of each run, gen-PPL against entropy, one point per run, with the real
+    continuation and random tokens as references, a Markdown table and a sample of each.
     With --latency BENCH_DIRS: every entropy-matched row against the batch-1 latency `dimba bench` measured for
     its checkpoint and step count, the Pareto frontier ringed, and a table beside (.md).
 
@@ -37,6 +39,19 @@ def compare(runs: list[Path], out: Path, row: str | None = None, matched_only: b
         check_output_file(out.with_suffix(".md"), lambda head: head.startswith(b"| label |"), overwrite,
                           "dimba compare")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if all((folder / "task.json").is_file() for folder in runs):
+        if row is not None or latency or matched_only:
+            raise ConfigError("task evaluations compare as learning curves: --row, --latency and --matched_only "
+                              "go with text evaluations")
+        from dimba.eval.tasks import plot_learning_curves, task_table
+
+        curves = {folder.name: read_task_rows(folder) for folder in runs}
+        plot_learning_curves(curves, out)
+        for name, rows in curves.items():
+            last = max(r.get("step", 0) for r in rows)
+            print(f"{name}\n" + task_table([r for r in rows if r["model"] == "baseline" or r["step"] == last]))
+        print(out)
+        return
     if latency:
         from dimba.eval.plots import pareto
         from dimba.eval.quality import markdown

@@ -10,6 +10,7 @@ settings added to the command are computed.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import sys
@@ -86,24 +87,52 @@ def at_steps_config(model, args, base: SamplingConfig) -> SamplingConfig:
 
 def fingerprint(args, *names) -> dict:
     """What every piece of this evaluation depends on: the checkpoint files and the settings `names`."""
-    return {"checkpoints": [file_identity(getattr(args, k)) for k in ("ckpt_path", "judge_ckpt_path", "ar_ckpt_path")],
-            **{k: getattr(args, k) for k in names}}
+    files = list(args.checkpoints) + [args.judge_ckpt_path, args.ar_ckpt_path]
+    return {"checkpoints": [file_identity(path) for path in files], **{k: getattr(args, k) for k in names}}
+
+
+def matching_checkpoints(ckpt_path: str, task: bool) -> list[str]:
+    """--ckpt_path as one checkpoint, or with --task a glob pattern: every checkpoint it matches (a learning curve)."""
+    if not glob.has_magic(ckpt_path):
+        return [ckpt_path]
+    if not task:
+        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a pattern; several checkpoints are evaluated with --task "
+                          "true (a learning curve); text evaluation takes one")
+    matches = sorted(glob.glob(ckpt_path))
+    if not matches:
+        raise ConfigError(f"--ckpt_path {ckpt_path!r} matches no file")
+    return matches
 
 
 def evaluate_on_task(args, journal: Journal) -> dict:
+    """Every checkpoint of --ckpt_path (in training order) on every setting of the task grid, after the
+    baselines; each row carries the step and epochs its checkpoint had trained."""
     from dimba.data.shakespeare import cache_dir
-    from dimba.eval.tasks import TaskEval, task_of
+    from dimba.eval.tasks import TaskEval, task_of, training_progress
     from dimba.training.checkpoint import read_checkpoint
 
-    model = load_for_inference(args.ckpt_path, args.device)
-    check_base_setting(model, args.sampling)
-    source, options, seq_len = task_of(model, read_checkpoint(args.ckpt_path))
-    task = TaskEval(source, options, seq_len, cache_dir(), args.limit)
-    configs = supported(model, sweep_configs(args.sampling.replace(temperature=0.0), read_by(model, args.grid)))
-    rows = journal.run(["task_baselines"], task.baseline_rows)
-    rows += [journal.run(["task", cfg.as_dict()], task.row, model, cfg, args.batch_size)
-             for cfg in tqdm(configs, desc="settings", file=sys.stderr)]
-    return {"settings": settings_record(args), "task": {"source": source, "options": options},
+    trained = {path: read_checkpoint(path) for path in args.checkpoints}
+    order = sorted(args.checkpoints, key=lambda path: trained[path].get("global_step", 0))
+    rows, task = [], None
+
+    def scored(model, cfg: SamplingConfig, progress: dict) -> dict:
+        return task.row(model, cfg, args.batch_size) | progress
+
+    for path in tqdm(order, desc="checkpoints", file=sys.stderr, disable=len(order) == 1):
+        model = load_for_inference(path, args.device)
+        check_base_setting(model, args.sampling)
+        source, options, seq_len = task_of(model, trained[path])
+        if task is None:
+            task = TaskEval(source, options, seq_len, cache_dir(), args.limit)
+            rows += journal.run(["task_baselines"], task.baseline_rows)
+        elif (source, options) != (task.source, task.options):
+            raise DimbaError(f"{path} was trained on {source} {options}, the first checkpoint on {task.source} "
+                             f"{task.options}: a learning curve needs one task")
+        progress = {"checkpoint": Path(path).name, **training_progress(trained[path], options)}
+        configs = supported(model, sweep_configs(args.sampling.replace(temperature=0.0), read_by(model, args.grid)))
+        rows += [journal.run(["task", file_identity(path), cfg.as_dict()], scored, model, cfg, progress)
+                 for cfg in tqdm(configs, desc="settings", file=sys.stderr)]
+    return {"settings": settings_record(args), "task": {"source": task.source, "options": task.options},
             "parameters": {model.kind: model.num_parameters()}, "rows": rows}
 
 
@@ -211,13 +240,16 @@ def write_outputs(result: dict, out: Path) -> None:
 
 
 def write_task_outputs(result: dict, out: Path) -> None:
-    from dimba.eval.tasks import plot_task_rows, task_table
+    from dimba.eval.tasks import plot_learning_curves, plot_task_rows, task_table
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "task.json").write_text(json.dumps(result, indent=2, default=str))
     table = task_table(result["rows"])
     (out / "task.md").write_text(f"Task {result['task']['source']} {result['task']['options']}\n\n" + table)
-    plot_task_rows(result["rows"], out / "task.png")
+    if len({r["checkpoint"] for r in result["rows"] if "checkpoint" in r}) > 1:
+        plot_learning_curves({out.name: result["rows"]}, out / "task.png")
+    else:
+        plot_task_rows(result["rows"], out / "task.png")
     print(table)
 
 
@@ -236,7 +268,8 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
     setting); a model gets the rows of the options it reads.
 
     Args:
-        ckpt_path: the model to evaluate (any kind)
+        ckpt_path: the model to evaluate (any kind); with --task also a glob pattern, e.g.
+            'runs/ps5k/checkpoints/step=*.ckpt': every checkpoint it matches, a learning curve in training order
         judge_ckpt_path: a separate AR checkpoint that scores the samples (not with --task)
         ar_ckpt_path: the AR baseline to compare with (optional)
         task: evaluate on the test split of the reasoning task the model was trained on (exact match, greedy)
@@ -270,6 +303,7 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
     args.grid = (TASK_GRID if task else TEXT_GRID) if grid is None else grid
     args.ablations = {"guidance": [1.5, 3.0], "self_condition": [False]} if ablations is None else ablations
     args.long_lengths = long_lengths or []
+    args.checkpoints = matching_checkpoints(ckpt_path, task)
     positive = {"--num_prompts": num_prompts, "--prompt_len": prompt_len, "--gen_len": gen_len,
                 "--batch_size": batch_size, "--at_steps": at_steps}
     for name, value in positive.items():

@@ -21,6 +21,20 @@ def read_rows(folder: Path) -> list[dict]:
     return rows
 
 
+def read_task_rows(folder: Path) -> list[dict]:
+    """The rows of a `dimba eval --task true` run, each learned row with the epochs its checkpoint had trained."""
+    path = folder / "task.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise DimbaError(f"{path} is not a task file of `dimba eval --task true` "
+                         f"({type(err).__name__}: {err})") from None
+    if any(r.get("model") != "baseline" and "epochs" not in r for r in rows):
+        raise DimbaError(f"{path} was written before task rows carried their training epochs: run its "
+                         "`dimba eval --task true` again")
+    return rows
+
+
 def pick_rows(eval_dirs: list[Path], label: str) -> list[dict]:
     """The references of the first run, then the row called `label` of each run, relabelled by its folder."""
     rows = []

@@ -29,6 +29,16 @@ def task_of(model: LanguageModelBase, ckpt: dict) -> tuple[str, dict, int]:
     return source, data.get("task_options") or {}, int(data.get("seq_len") or model.seq_len)
 
 
+def training_progress(ckpt: dict, options: dict) -> dict[str, float]:
+    """How far training had gone when the checkpoint was written: optimizer steps, and epochs of the task's
+    training split (batches processed x batch size / n_train, as one device saw them)."""
+    processed = (ckpt.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    batches = processed.get("total", {}).get("processed", ckpt.get("global_step", 0))
+    batch_size = (ckpt.get("datamodule_hyper_parameters") or {}).get("batch_size") or 0
+    n_train = options.get("n_train", 50_000)
+    return {"step": int(ckpt.get("global_step", 0)), "epochs": round(batches * batch_size / n_train, 3)}
+
+
 def answer_accuracy(predicted: np.ndarray, tokens: np.ndarray, given: np.ndarray) -> dict[str, float]:
     """Exact match of the answer (every position not given) and accuracy per answer position."""
     answer = ~given
@@ -70,7 +80,7 @@ class TaskEval:
 
     def __init__(self, source: str, options: dict, seq_len: int, cache, limit: int | None = None):
         arrays = task_split_arrays(source, options, seq_len, cache)
-        self.source = source
+        self.source, self.options = source, options
         self.tokens, self.given = arrays["test_tokens"][:limit], arrays["test_given"][:limit]
         ids = task_tokenizer().hf.get_vocab()  # token -> id
         self.vocab = [None] * len(ids)  # id -> token
@@ -139,8 +149,43 @@ def plot_task_rows(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
+def plot_learning_curves(runs: dict[str, list[dict]], path) -> None:
+    """Exact match (solid) and accuracy per position (dashed) against training epochs: one colour per run and
+    decoding setting, the first run's baselines as grey lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_exact, ax_position) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    colour = 0
+    for run, rows in runs.items():
+        learned = [r for r in rows if r["model"] != "baseline"]
+        for label in dict.fromkeys(r["label"] for r in learned):
+            points = sorted((r["epochs"], r["exact_match"], r["position_accuracy"]) for r in learned
+                            if r["label"] == label)
+            name = f"{run}: {label}" if len(runs) > 1 else label
+            for ax, i in ((ax_exact, 1), (ax_position, 2)):
+                ax.plot([p[0] for p in points], [p[i] for p in points], "o-", ms=3, color=f"C{colour % 10}",
+                        label=name)
+            colour += 1
+    first = next(iter(runs.values()))
+    for style, r in zip(("--", ":", "-.", (0, (1, 3))), [r for r in first if r["model"] == "baseline"], strict=False):
+        for ax, key in ((ax_exact, "exact_match"), (ax_position, "position_accuracy")):
+            ax.axhline(r[key], color="grey", ls=style, lw=1, label=r["label"])
+    for ax, name in ((ax_exact, "exact match"), (ax_position, "accuracy per answer position")):
+        ax.set_xlabel("training epochs")
+        ax.set_ylabel(name)
+        ax.set_ylim(0, 1)
+    ax_position.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def task_table(rows: list[dict]) -> str:
-    keys = ["label", "exact_match", "position_accuracy", "valid_solutions", "examples", "seconds_per_example"]
+    keys = ["label", "step", "epochs", "exact_match", "position_accuracy", "valid_solutions", "examples",
+            "seconds_per_example"]
     keys = [k for k in keys if any(k in r for r in rows)]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
     return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
