@@ -111,7 +111,9 @@ def evaluate_on_task(args, journal: Journal) -> dict:
     from dimba.eval.tasks import TaskEval, task_of, training_progress
     from dimba.training.checkpoint import read_checkpoint
 
-    trained = {path: read_checkpoint(path) for path in args.checkpoints}
+    # What the curve needs of each checkpoint, not its weights and optimizer state: many checkpoints stay light.
+    keep = ("global_step", "loops", "datamodule_hyper_parameters")
+    trained = {path: {k: v for k, v in read_checkpoint(path).items() if k in keep} for path in args.checkpoints}
     order = sorted(args.checkpoints, key=lambda path: trained[path].get("global_step", 0))
     rows, task = [], None
 

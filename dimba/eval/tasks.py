@@ -150,8 +150,8 @@ def plot_task_rows(rows: list[dict], path) -> None:
 
 
 def plot_learning_curves(runs: dict[str, list[dict]], path) -> None:
-    """Exact match (solid) and accuracy per position (dashed) against training epochs: one colour per run and
-    decoding setting, the first run's baselines as grey lines."""
+    """Exact match (left) and accuracy per answer position (right) against training epochs: one colour per run
+    and decoding setting, the first run's baselines as grey lines."""
     import matplotlib
 
     matplotlib.use("Agg")
