@@ -48,12 +48,10 @@ class HybridConfig(Config):
 
     absorb_above: float = 1.0  # t_s: above it a corrupted token is absorbed (no latent, masked diffusion's regime)
     weighting: str = "elbo"  # the corrupted tokens' CE weighted by the ELBO's 1/t ("elbo"), or plain ("plain")
-    high_t: float = 1.0  # training times drawn with density proportional to t^(high_t - 1) (1: uniform)
 
     def __post_init__(self):
         check(0 < self.absorb_above <= 1, f"hybrid.absorb_above must be in (0, 1], got {self.absorb_above}")
         one_of("hybrid.weighting", self.weighting, ("elbo", "plain"))
-        check(0 < self.high_t <= 10, f"hybrid.high_t must be in (0, 10], got {self.high_t}")
 
 
 PROMPT_KINDS = ("prefix", "suffix", "spans", "scattered")

@@ -60,9 +60,10 @@ def upgrade_hparams(hparams: dict) -> dict:
     return with_defaults(variants_as_types(hp))
 
 
-# Settings of 0.2 that 0.3 removed, with the value that was their behaviour by default (a checkpoint that set
-# another value cannot be honoured). Their measurements are in docs/history/.
-REMOVED = {("denoiser", "combine"): "sum", ("masked", "combine"): "sum", ("diffusion", "latent_input"): "raw"}
+# Settings that 0.3 removed, with the value that was their behaviour by default (a checkpoint that set another
+# value cannot be honoured). Their measurements stay in docs/results.md and docs/history/.
+REMOVED = {("denoiser", "combine"): "sum", ("masked", "combine"): "sum", ("diffusion", "latent_input"): "raw",
+           ("hybrid", "high_t"): 1.0}
 
 
 def variants_as_types(hp: dict) -> dict:
@@ -73,7 +74,7 @@ def variants_as_types(hp: dict) -> dict:
         value = hp.get(group, {}).pop(name, default) if isinstance(hp.get(group), dict) else default
         if value != default:
             raise DimbaError(f"the checkpoint sets {group}.{name}: {value}, a setting removed in version 0.3 "
-                             f"(measured no better; docs/history/); only {default!r} loads")
+                             f"(measured no better: docs/results.md, docs/history/); only {default!r} loads")
     if hp.get("masked") == {}:
         hp.pop("masked")
     diffusion = hp.get("diffusion")

@@ -48,10 +48,8 @@ class HybridLM(EmbeddingDiffusionLM):
         self.hybrid_config = hybrid_config
 
     def sample_times(self, n: int) -> Tensor:
-        """Stratified, uniform by default: the ELBO's 1/t weight already says where the loss matters; with
-        hybrid.high_t > 1 the density leans towards high t (t = u^(1/high_t))."""
-        t = stratified_times(n, self.device)
-        return t if self.hybrid_config.high_t == 1.0 else t ** (1 / self.hybrid_config.high_t)
+        """Stratified uniform times (times leaning towards high t were measured no better: docs/results.md)."""
+        return stratified_times(n, self.device)
 
     def absorbed(self, corrupted: Tensor, t: Tensor) -> Tensor | None:
         """Above hybrid.absorb_above a corrupted token has no latent: masked diffusion's regime, where it wins."""
