@@ -4,6 +4,7 @@ data source through the CLI, and `dimba eval --task`."""
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,11 +86,38 @@ def test_task_reports_show_the_baselines_that_need_no_learning(tmp_path):
     assert abs(rows["baseline: random arm"]["exact_match"] - 0.5) < 1e-9
     assert abs(rows["baseline: random arm"]["position_accuracy"] - 7 / 12) < 1e-9
     assert abs(rows["baseline: copy ends"]["position_accuracy"] - 11 / 27) < 1e-9  # (2 + 4 / 9) / 6
+    assert abs(rows["baseline: random arm"]["first_step_accuracy"] - 0.5) < 1e-9  # one arm of two
+    assert abs(rows["baseline: copy ends"]["first_step_accuracy"] - 1 / 9) < 1e-9  # one of the 9 other nodes
     sudoku_rows = {r["label"]: r for r in TaskEval("task:sudoku6", {"n_train": 10, "n_test": 10, "n_val": 1}, 80,
                                                    tmp_path).baseline_rows()}
     uniform, allowed, propagated = (sudoku_rows[f"baseline: {k}"]["position_accuracy"]
                                     for k in ("uniform", "allowed digits", "propagation"))
     assert uniform == pytest.approx(1 / 6) and uniform < allowed < propagated < 1
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_first_step_off_the_centre_is_scored_apart(tmp_path, reverse):
+    """Path-star's one hard node: the goal arm's first node (second in the answer, or last but one reversed).
+    A wrong first step alone leaves 5 of 6 nodes right, exact match 0 and first-step accuracy 0."""
+    from dimba.eval.tasks import TaskEval, answer_accuracy
+
+    task = TaskEval("task:path_star", {"n_train": 20, "n_test": 50, "reverse": reverse}, 40, tmp_path)
+    truth = task.tokens.copy()
+    assert task.first_step_accuracy(truth) == 1.0
+    wrong = truth.copy()
+    for i in range(len(truth)):
+        answer = np.flatnonzero(~task.given[i])
+        at = answer[-2] if reverse else answer[1]
+        wrong[i, at] = truth[i, answer[0]]  # the answer's first node, never its first step
+    assert task.first_step_accuracy(wrong) == 0.0
+    scores = answer_accuracy(wrong, truth, task.given)
+    assert scores["exact_match"] == 0.0 and scores["position_accuracy"] == pytest.approx(5 / 6)
+    # Every other position wrong instead: the first step still counts as right.
+    others = np.where(task.given, truth, (truth + 1) % 60)
+    for i in range(len(truth)):
+        at = np.flatnonzero(~task.given[i])[-2 if reverse else 1]
+        others[i, at] = truth[i, at]
+    assert task.first_step_accuracy(others) == 1.0
 
 
 def test_an_unknown_word_in_a_task_prompt_is_refused():
@@ -138,6 +166,7 @@ def test_train_and_evaluate_on_a_task_through_the_cli(workdir, tmp_path, model):
     baselines, rows = rows[:2], rows[2:]
     assert [r["label"] for r in baselines] == ["baseline: random arm", "baseline: copy ends"]
     assert rows and all(0 <= r["exact_match"] <= r["position_accuracy"] + 1e-9 <= 1 + 1e-9 for r in rows)
+    assert all(0 <= r["first_step_accuracy"] <= 1 for r in rows) and "first_step_accuracy" in baselines[0]
     # The committing samplers (masked diffusion, the default hybrid DIMBA): random and confidence-first reveal.
     assert (model != "ar") == (len(rows) == 2)
     assert "baseline: copy ends" in (out / "task.md").read_text()

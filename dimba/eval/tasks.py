@@ -1,6 +1,7 @@
 """Reasoning-task evaluation: a model trained on a task (`--data.source task:NAME`) answers the held-out test
-instances; exact match of the whole answer, accuracy per answer position (node or cell), and for Sudoku the
-share of outputs that satisfy every constraint."""
+instances; exact match of the whole answer, accuracy per answer position (node or cell), for path-star the
+accuracy on the path's first step (the one node no edge lookup decides), and for Sudoku the share of outputs that
+satisfy every constraint."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import numpy as np
 
 from dimba.data import sudoku
-from dimba.data.tasks import TASK_PREFIX, Sudoku6, task_split_arrays, task_tokenizer
+from dimba.data.tasks import TASK_PREFIX, PathStar, Sudoku6, task_split_arrays, task_tokenizer
 from dimba.data.tokenizer import PAD
 from dimba.errors import DimbaError
 from dimba.eval.quality import fill_all
@@ -47,10 +48,22 @@ def answer_accuracy(predicted: np.ndarray, tokens: np.ndarray, given: np.ndarray
             "position_accuracy": float(((predicted == tokens) & answer).sum() / max(answer.sum(), 1))}
 
 
-def path_star_baselines(question: list[str], answer: list[str]) -> dict[str, tuple[float, float]]:
-    """Expected (accuracy per answer node, exact match) of two guessers on one path-star instance: the path along a
-    random arm from the start (the centre), and the ends copied from the question with the nodes between drawn
-    among the graph's other nodes. Works for the reversed task too (its answer runs from the goal)."""
+# What a task row scores, in the order the baselines give them (Sudoku's baselines give the first two).
+METRICS = ("position_accuracy", "exact_match", "first_step_accuracy")
+
+
+def first_step_index(question: list[str], answer: list[str]) -> int:
+    """Where the centre's neighbour on the path (the goal arm's first node) stands in a path-star answer: the
+    decision among the arms that no edge lookup from the centre makes, the step a left-to-right model trained by
+    teacher forcing fails (Bachmann & Nagarajan, 2024). In the reversed task's answer it is the last node but one."""
+    return 1 if answer[0] == question[-3] else len(answer) - 2
+
+
+def path_star_baselines(question: list[str], answer: list[str]) -> dict[str, tuple[float, float, float]]:
+    """Expected (accuracy per answer node, exact match, accuracy on the first step) of two guessers on one
+    path-star instance: the path along a random arm from the start (the centre), and the ends copied from the
+    question with the nodes between drawn among the graph's other nodes. Works for the reversed task too (its
+    answer runs from the goal)."""
     edges = [(question[i], question[i + 1]) for i in range(0, len(question) - 4, 3)]
     start = question[-3]
     neighbours: dict[str, list[str]] = {}
@@ -66,8 +79,10 @@ def path_star_baselines(question: list[str], answer: list[str]) -> dict[str, tup
     nodes = {n for edge in edges for n in edge}
     middle = 1 / max(1, len(nodes) - 2)
     ends = (2 + middle * (len(answer) - 2)) / len(answer)
-    return {"random arm": (float(np.mean([accuracy(a) for a in arms])), float(np.mean([a == answer for a in arms]))),
-            "copy ends": (ends, middle ** (len(answer) - 2))}
+    first = first_step_index(question, answer)
+    return {"random arm": (float(np.mean([accuracy(a) for a in arms])), float(np.mean([a == answer for a in arms])),
+                           float(np.mean([a[first] == answer[first] for a in arms]))),
+            "copy ends": (ends, middle ** (len(answer) - 2), middle)}
 
 
 def sudoku_valid_share(predicted: np.ndarray, vocab: list[str]) -> float:
@@ -97,7 +112,7 @@ class TaskEval:
         """What needs no learning, scored on the same instances (expected values): on path-star, a random arm from
         the start and copying the ends (start and goal, the nodes between guessed among the graph's other nodes);
         on Sudoku, a uniform digit per blank, a digit among those the givens allow, and singles propagation."""
-        scores: dict[str, list[tuple[float, float]]] = {}
+        scores: dict[str, list[tuple[float, ...]]] = {}
         for i in range(len(self.tokens)):
             question, answer = self.words(i)
             if self.source == TASK_PREFIX + Sudoku6.name:
@@ -109,10 +124,16 @@ class TaskEval:
                 continue
             for name, score in path_star_baselines(question, answer).items():
                 scores.setdefault(name, []).append(score)
-        mean = lambda values: float(np.mean(values))
         return [{"label": f"baseline: {name}", "model": "baseline", "examples": len(v),
-                 "position_accuracy": mean([a for a, _ in v]), "exact_match": mean([e for _, e in v])}
-                for name, v in scores.items()]
+                 **dict(zip(METRICS, np.mean(v, axis=0).tolist(), strict=False))} for name, v in scores.items()]
+
+    def first_step_accuracy(self, predicted: np.ndarray) -> float:
+        """Share of path-star answers (predicted: (N, L) token ids) whose first step off the centre is right."""
+        hits = []
+        for i in range(len(self.tokens)):
+            at = np.flatnonzero(~self.given[i])[first_step_index(*self.words(i))]
+            hits.append(predicted[i, at] == self.tokens[i, at])
+        return float(np.mean(hits))
 
     def row(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int) -> dict:
         """Exact match, position accuracy (and Sudoku validity), seconds per example, one decoded example."""
@@ -124,6 +145,8 @@ class TaskEval:
                "seconds_per_example": (time.perf_counter() - began) / len(tokens)}
         if self.source == TASK_PREFIX + Sudoku6.name:
             row["valid_solutions"] = sudoku_valid_share(predicted, vocab)
+        if self.source == TASK_PREFIX + PathStar.name:
+            row["first_step_accuracy"] = self.first_step_accuracy(predicted)
         row["sample"] = {"question": " ".join(vocab[t] for t, g in zip(tokens[0], given[0], strict=True) if g),
                          "answer": " ".join(vocab[t] for t, g in zip(predicted[0], given[0], strict=True) if not g),
                          "truth": " ".join(vocab[t] for t, g in zip(tokens[0], given[0], strict=True) if not g)}
@@ -150,42 +173,47 @@ def plot_task_rows(rows: list[dict], path) -> None:
 
 
 def plot_learning_curves(runs: dict[str, list[dict]], path) -> None:
-    """Exact match (left) and accuracy per answer position (right) against training epochs: one colour per run
-    and decoding setting, the first run's baselines as grey lines."""
+    """Exact match, accuracy per answer position and (path-star) accuracy on the first step against training
+    epochs, one panel each: one colour per run and decoding setting, the first run's baselines as grey lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_exact, ax_position) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    rows = [r for run in runs.values() for r in run]
+    metrics = [m for m in ("exact_match", "position_accuracy", "first_step_accuracy") if any(m in r for r in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), sharex=True, squeeze=False)
+    panels = dict(zip(metrics, axes[0], strict=True))
     colour = 0
-    for run, rows in runs.items():
-        learned = [r for r in rows if r["model"] != "baseline"]
+    for run, run_rows in runs.items():
+        learned = [r for r in run_rows if r["model"] != "baseline"]
         for label in dict.fromkeys(r["label"] for r in learned):
-            points = sorted((r["epochs"], r["exact_match"], r["position_accuracy"]) for r in learned
-                            if r["label"] == label)
+            points = sorted((r for r in learned if r["label"] == label), key=lambda r: r["epochs"])
             name = f"{run}: {label}" if len(runs) > 1 else label
-            for ax, i in ((ax_exact, 1), (ax_position, 2)):
-                ax.plot([p[0] for p in points], [p[i] for p in points], "o-", ms=3, color=f"C{colour % 10}",
-                        label=name)
+            for key, ax in panels.items():
+                shown = [r for r in points if key in r]
+                ax.plot([r["epochs"] for r in shown], [r[key] for r in shown], "o-", ms=3,
+                        color=f"C{colour % 10}", label=name)
             colour += 1
     first = next(iter(runs.values()))
     for style, r in zip(("--", ":", "-.", (0, (1, 3))), [r for r in first if r["model"] == "baseline"], strict=False):
-        for ax, key in ((ax_exact, "exact_match"), (ax_position, "position_accuracy")):
-            ax.axhline(r[key], color="grey", ls=style, lw=1, label=r["label"])
-    for ax, name in ((ax_exact, "exact match"), (ax_position, "accuracy per answer position")):
+        for key, ax in panels.items():
+            if key in r:
+                ax.axhline(r[key], color="grey", ls=style, lw=1, label=r["label"])
+    for key, ax in panels.items():
         ax.set_xlabel("training epochs")
-        ax.set_ylabel(name)
+        ax.set_ylabel({"exact_match": "exact match", "position_accuracy": "accuracy per answer position",
+                       "first_step_accuracy": "accuracy on the first step off the centre"}[key])
         ax.set_ylim(0, 1)
-    ax_position.legend(fontsize=6, loc="best")
+    axes[0][-1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def task_table(rows: list[dict]) -> str:
-    keys = ["label", "step", "epochs", "exact_match", "position_accuracy", "valid_solutions", "examples",
-            "seconds_per_example"]
+    keys = ["label", "step", "epochs", "exact_match", "position_accuracy", "first_step_accuracy", "valid_solutions",
+            "examples", "seconds_per_example"]
     keys = [k for k in keys if any(k in r for r in rows)]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
     return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
