@@ -48,8 +48,11 @@ def answer_accuracy(predicted: np.ndarray, tokens: np.ndarray, given: np.ndarray
             "position_accuracy": float(((predicted == tokens) & answer).sum() / max(answer.sum(), 1))}
 
 
-# What a task row scores, in the order the baselines give them (Sudoku's baselines give the first two).
-METRICS = ("position_accuracy", "exact_match", "first_step_accuracy")
+# What the baselines score, in the order they give it (Sudoku's baselines give the first two).
+BASELINE_SCORES = ("position_accuracy", "exact_match", "first_step_accuracy")
+# What a learning curve plots, one panel each (the metrics some row has), with the panel's axis name.
+CURVE_METRICS = {"exact_match": "exact match", "position_accuracy": "accuracy per answer position",
+                 "first_step_accuracy": "accuracy on the first step off the centre"}
 
 
 def first_step_index(question: list[str], answer: list[str]) -> int:
@@ -101,6 +104,10 @@ class TaskEval:
         self.vocab = [None] * len(ids)  # id -> token
         for tok, i in ids.items():
             self.vocab[i] = tok
+        # Path-star: each test answer's first step off the centre, as a position in its row (N,).
+        self.first_step_at = None if source != TASK_PREFIX + PathStar.name else np.array(
+            [np.flatnonzero(~self.given[i])[first_step_index(*self.words(i))] for i in range(len(self.tokens))],
+            dtype=np.int64)
 
     def words(self, i: int) -> tuple[list[str], list[str]]:
         """(question words, answer words) of test instance i."""
@@ -125,15 +132,12 @@ class TaskEval:
             for name, score in path_star_baselines(question, answer).items():
                 scores.setdefault(name, []).append(score)
         return [{"label": f"baseline: {name}", "model": "baseline", "examples": len(v),
-                 **dict(zip(METRICS, np.mean(v, axis=0).tolist(), strict=False))} for name, v in scores.items()]
+                 **dict(zip(BASELINE_SCORES, np.mean(v, axis=0).tolist(), strict=False))} for name, v in scores.items()]
 
     def first_step_accuracy(self, predicted: np.ndarray) -> float:
         """Share of path-star answers (predicted: (N, L) token ids) whose first step off the centre is right."""
-        hits = []
-        for i in range(len(self.tokens)):
-            at = np.flatnonzero(~self.given[i])[first_step_index(*self.words(i))]
-            hits.append(predicted[i, at] == self.tokens[i, at])
-        return float(np.mean(hits))
+        rows = np.arange(len(self.tokens))
+        return float((predicted[rows, self.first_step_at] == self.tokens[rows, self.first_step_at]).mean())
 
     def row(self, model: LanguageModelBase, cfg: SamplingConfig, batch_size: int) -> dict:
         """Exact match, position accuracy (and Sudoku validity), seconds per example, one decoded example."""
@@ -145,7 +149,7 @@ class TaskEval:
                "seconds_per_example": (time.perf_counter() - began) / len(tokens)}
         if self.source == TASK_PREFIX + Sudoku6.name:
             row["valid_solutions"] = sudoku_valid_share(predicted, vocab)
-        if self.source == TASK_PREFIX + PathStar.name:
+        if self.first_step_at is not None:
             row["first_step_accuracy"] = self.first_step_accuracy(predicted)
         row["sample"] = {"question": " ".join(vocab[t] for t, g in zip(tokens[0], given[0], strict=True) if g),
                          "answer": " ".join(vocab[t] for t, g in zip(predicted[0], given[0], strict=True) if not g),
@@ -181,7 +185,7 @@ def plot_learning_curves(runs: dict[str, list[dict]], path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for run in runs.values() for r in run]
-    metrics = [m for m in ("exact_match", "position_accuracy", "first_step_accuracy") if any(m in r for r in rows)]
+    metrics = [m for m in CURVE_METRICS if any(m in r for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), sharex=True, squeeze=False)
     panels = dict(zip(metrics, axes[0], strict=True))
     colour = 0
@@ -202,8 +206,7 @@ def plot_learning_curves(runs: dict[str, list[dict]], path) -> None:
                 ax.axhline(r[key], color="grey", ls=style, lw=1, label=r["label"])
     for key, ax in panels.items():
         ax.set_xlabel("training epochs")
-        ax.set_ylabel({"exact_match": "exact match", "position_accuracy": "accuracy per answer position",
-                       "first_step_accuracy": "accuracy on the first step off the centre"}[key])
+        ax.set_ylabel(CURVE_METRICS[key])
         ax.set_ylim(0, 1)
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.tight_layout()
