@@ -20,6 +20,7 @@ Sampler = Literal["ddim", "ddpm"]
 RevealOrder = Literal["random", "confidence"]
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 REVEAL_ORDERS: tuple[str, ...] = typing.get_args(RevealOrder)
+WHOLE_SEQUENCE_STEPS = 32  # a whole-sequence diffusion model's default steps (docs/results.md: 32 to 128 gain 3%)
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,9 @@ class SamplingConfig:
     """How to sample. Not a model hyper-parameter: any setting may be used with any checkpoint whose model kind
     reads it; a model refuses (ConfigError) a changed setting it cannot honour rather than ignore it."""
 
-    steps: int = 32
-    """denoising steps (network calls per sample; diffusion models)"""
+    steps: int | None = None
+    """denoising steps (network calls per sample, or per block of a block model; diffusion models); null: the
+    model's own default (`default_steps`: 32, or a block model's block size, one token per network call)"""
     sampler: Sampler = "ddim"
     """reverse update of Gaussian diffusion: ddim, or ddpm (= ddim with eta 1)"""
     eta: float = 0.0
@@ -71,7 +73,8 @@ class SamplingConfig:
             if choices and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {choices}, got {value!r}")
         checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.steps is None or isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+             f"steps must be >= 1 (an integer, or null: the model's default), got {self.steps!r}"),
             (0 <= self.eta <= 1, f"eta must be in [0, 1], got {self.eta}"),
             (self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}"),
             (0 <= self.clamp_from <= 1, f"clamp_from must be in [0, 1], got {self.clamp_from}"),

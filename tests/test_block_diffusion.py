@@ -272,3 +272,22 @@ def test_eval_judges_generation_past_the_training_context(trained_block, trained
     assert "Past the training context" in (tmp_path / "long" / "results.md").read_text()
     refused = dimba_in_process("eval", "--ckpt_path", trained, *common, "--out_dir", tmp_path / "refused")
     assert refused.returncode == 2 and "generates at most 32 tokens" in refused.stderr
+
+
+def test_a_request_without_steps_gets_the_models_own(trained_block, trained, trained_ar, tmp_path):
+    """steps unset (the default): a block model takes its block size per block (one token per network call), a
+    whole-sequence model 32, the AR model none; `predict --output` records the steps it used."""
+    import json
+
+    from dimba.training.checkpoint import load_for_inference
+
+    block, whole, ar = (load_for_inference(path, "cpu") for path in (trained_block, trained, trained_ar))
+    assert (block.resolve_sampling(SamplingConfig()).steps, whole.resolve_sampling(SamplingConfig()).steps) == (8, 32)
+    assert ar.resolve_sampling(SamplingConfig()).steps is None
+    assert block.resolve_sampling(SamplingConfig(steps=2)).steps == 2
+    assert block.describe(SamplingConfig()).startswith("DIMBA hybrid block 8, 8 steps per block")
+    out = tmp_path / "rows.jsonl"
+    result = dimba_in_process("predict", "--ckpt_path", trained_block, "--prompt", "The king", "--length", 8,
+                              "--output", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(out.read_text())["steps"] == 8

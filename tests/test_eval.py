@@ -57,11 +57,12 @@ def test_eval_of_a_hybrid_model_at_a_base_sampling_setting(trained_hybrid, train
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     rows = [r for r in data["rows"] if r.get("model") == "hybrid"]
-    # the base (32 steps), 2 steps with reveal random, 2 steps without self-conditioning
-    assert len(rows) == 3 and {r["x0_temperature"] for r in rows} == {0.9}
+    # the base (the model's own steps: its block size, 4 per block), 2 steps with reveal random, 2 steps without
+    # self-conditioning
+    assert len(rows) == 3 and {r["x0_temperature"] for r in rows} == {0.9} and rows[0]["steps"] == 4
     assert [r["reveal"] for r in rows] == ["confidence", "random", "confidence"]
     label = data["prompt_sensitivity"][0]["label"]
-    assert label == "DIMBA hybrid, 2 steps, reveal confidence, x0 temperature 0.9"
+    assert label == "DIMBA hybrid block 4, 2 steps per block, reveal confidence, x0 temperature 0.9"
     refused = dimba("eval", "--ckpt_path", trained, "--judge_ckpt_path", trained_ar, "--sampling.reveal",
                     "confidence", "--out_dir", workdir / "eval_refused", cwd=workdir)
     assert_clean_failure(refused, "--sampling sets reveal, which DIMBA (Gaussian diffusion) does not read")

@@ -34,8 +34,8 @@ def test_an_example_draws_the_same_whatever_its_batch():
 @pytest.mark.parametrize("bad", [dict(guidance=math.nan), dict(eta=7.0), dict(eta=-0.1), dict(steps=0),
                                  dict(top_p=0.0), dict(top_p=1.5), dict(temperature=-1.0), dict(x0_temperature=0.0),
                                  dict(clamp_from=2.0), dict(sampler="euler"), dict(reveal="left"),
-                                 dict(temperature=math.inf), dict(guidance=-1.0), dict(steps=2.5), dict(seed="x"),
-                                 dict(self_condition="yes")])
+                                 dict(temperature=math.inf), dict(guidance=-1.0), dict(steps=2.5), dict(steps=True),
+                                 dict(seed="x"), dict(self_condition="yes")])
 def test_sampling_config_refuses_bad_settings_in_one_line(bad):
     with pytest.raises(ConfigError) as err:
         SamplingConfig(**bad)

@@ -72,8 +72,9 @@ def check_base_setting(model, base: SamplingConfig) -> None:
 
 def text_configs(model, args) -> list[SamplingConfig]:
     """The grid's settings, then one row per ablation value at --at_steps; `supported` keeps those the model reads."""
-    configs = [args.sampling] + sweep_configs(args.sampling, read_by(model, args.grid))
-    at = args.sampling.replace(steps=args.at_steps)
+    base = model.resolve_sampling(args.sampling)
+    configs = [base] + sweep_configs(base, read_by(model, args.grid))
+    at = model.resolve_sampling(base.replace(steps=args.at_steps))
     for name, values in args.ablations.items():
         configs += sweep_configs(at, {name: values})
     return supported(model, configs)
@@ -81,8 +82,8 @@ def text_configs(model, args) -> list[SamplingConfig]:
 
 def at_steps_config(model, args, base: SamplingConfig) -> SamplingConfig:
     """The setting of the single-setting measurements (infilling, prompt sensitivity): `base` at --at_steps steps
-    where the model has steps."""
-    return base.replace(steps=args.at_steps) if "steps" in model.sampling_options else base
+    (unset: the model's default) where the model has steps."""
+    return model.resolve_sampling(base.replace(steps=args.at_steps)) if "steps" in model.sampling_options else base
 
 
 def fingerprint(args, *names) -> dict:
@@ -131,7 +132,8 @@ def evaluate_on_task(args, journal: Journal) -> dict:
             raise DimbaError(f"{path} was trained on {source} {options}, the first checkpoint on {task.source} "
                              f"{task.options}: a learning curve needs one task")
         progress = {"checkpoint": Path(path).name, **training_progress(trained[path], options)}
-        configs = supported(model, sweep_configs(args.sampling.replace(temperature=0.0), read_by(model, args.grid)))
+        base = model.resolve_sampling(args.sampling.replace(temperature=0.0))
+        configs = supported(model, sweep_configs(base, read_by(model, args.grid)))
         rows += [journal.run(["task", file_identity(path), cfg.as_dict()], scored, model, cfg, progress)
                  for cfg in tqdm(configs, desc="settings", file=sys.stderr)]
     return {"settings": settings_record(args), "task": {"source": task.source, "options": task.options},
@@ -163,7 +165,8 @@ def evaluate_text(args, journal: Journal) -> dict:
                                            args.num_prompts)
     quality = QualityEval(judge, prompts, refs, freq, args.samples)
     seed = args.sampling.seed
-    bases = {model.kind: args.sampling} | ({models[1].kind: SamplingConfig(seed=seed)} if args.ar_ckpt_path else {})
+    bases = {model.kind: model.resolve_sampling(args.sampling)} | (
+        {models[1].kind: SamplingConfig(seed=seed)} if args.ar_ckpt_path else {})
     plans = [(model, text_configs(model, args))]
     if args.ar_ckpt_path:
         plans.append((models[1], supported(models[1], [SamplingConfig(seed=seed),
@@ -258,7 +261,7 @@ def write_task_outputs(result: dict, out: Path) -> None:
 def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: str | None = None,
              task: bool = False, limit: int | None = None, source: str = "shakespeare", num_prompts: int = 64,
              prompt_len: int = 32, gen_len: int = 96, grid: dict[str, list] | None = None,
-             ablations: dict[str, list] | None = None, at_steps: int = 32,
+             ablations: dict[str, list] | None = None, at_steps: int | None = None,
              sampling: SamplingConfig = SamplingConfig(),
              match_entropy: MatchKnob | None = None, infill_gap: int = 0,
              sensitivity: bool = False, diagnose: bool = False, long_lengths: list[int] | None = None,
@@ -284,7 +287,8 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
             8..256 x sampler ddim/ddpm x reveal random/confidence; with --task steps 8/32/128 x both reveals)
         ablations: one row per value at --at_steps, e.g. '{guidance: [1.5, 3.0], x0_temperature: [0.9]}' (default:
             guidance 1.5 and 3, self_condition false)
-        at_steps: steps of the ablation rows, of infilling and of prompt sensitivity
+        at_steps: steps of the ablation rows, of infilling and of prompt sensitivity (default: the model's own, 32 or
+            a block model's block size)
         sampling: the evaluated model's base setting, under every row (its seed is the evaluation's)
         match_entropy: also, at each step count of the grid (and for the AR baseline, by top_p), set this knob by
             bisection so that the samples' entropy matches the real continuation's
@@ -307,7 +311,7 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
     args.long_lengths = long_lengths or []
     args.checkpoints = matching_checkpoints(ckpt_path, task)
     positive = {"--num_prompts": num_prompts, "--prompt_len": prompt_len, "--gen_len": gen_len,
-                "--batch_size": batch_size, "--at_steps": at_steps}
+                "--batch_size": batch_size} | ({} if at_steps is None else {"--at_steps": at_steps})
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -149,6 +149,7 @@ def predict(ckpt_path: str, prompt: str | None = None, prompts: Path | None = No
     texts = read_prompts(prompt, prompts)
     model = load_for_inference(ckpt_path, device)
     model.check_sampling(sampling)
+    sampling = model.resolve_sampling(sampling)  # the steps the rows of --output record
     tok = model.tokenizer
     sequences, given, templates = encode_inputs(tok, texts, model.seq_len, model.max_length, length, infill)
     out = JsonlOutput(output, overwrite) if output is not None else None

@@ -19,7 +19,7 @@ from dimba.config import Config
 from dimba.data.tokenizer import Tokenizer
 from dimba.errors import ConfigError, DimbaError
 from dimba.models.kernels import mamba_kernels
-from dimba.sampling import ExampleStreams, SamplingConfig
+from dimba.sampling import WHOLE_SEQUENCE_STEPS, ExampleStreams, SamplingConfig
 from dimba.training.optim import OptimConfig, build_optimizer
 
 # on_step(step, tokens): after each step of generation, tokens holds the current guess of every generated
@@ -187,6 +187,18 @@ class LanguageModelBase(L.LightningModule):
                               f"only {', '.join(sorted(self.sampling_options | {'seed'}))}")
 
     @property
+    def default_steps(self) -> int:
+        """Denoising steps of a request that leaves them unset: a block model's block size (one token per network
+        call, its best measured per block), else WHOLE_SEQUENCE_STEPS."""
+        return self.block_size or WHOLE_SEQUENCE_STEPS
+
+    def resolve_sampling(self, cfg: SamplingConfig) -> SamplingConfig:
+        """cfg with the options it leaves to the model (steps null) set to this model's defaults."""
+        if cfg.steps is None and "steps" in self.sampling_options:
+            return cfg.replace(steps=self.default_steps)
+        return cfg
+
+    @property
     def eos_id(self) -> int:
         """The end-of-sequence token (it starts and ends documents): the tokenizer's, or 0 without one."""
         return self.tokenizer.eos_id if self.tokenizer is not None else 0
@@ -218,6 +230,7 @@ class LanguageModelBase(L.LightningModule):
         if bad:
             raise ConfigError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
         self.check_sampling(cfg)
+        cfg = self.resolve_sampling(cfg)
         ids = list(range(len(sequences))) if example_ids is None else list(example_ids)
         if len(ids) != len(sequences):
             raise ConfigError(f"{len(ids)} example ids for {len(sequences)} sequences")
@@ -303,6 +316,7 @@ class LanguageModelBase(L.LightningModule):
     def describe(self, cfg: SamplingConfig) -> str:
         """A row label for results tables: the model (and its block size), its step count when it has steps, and
         every option it reads that differs from the default, e.g. "DIMBA hybrid, 32 steps, reveal confidence"."""
+        cfg = self.resolve_sampling(cfg)
         parts = [self.short_name + (f" block {self.block_size}" if self.block_size else "")]
         if "steps" in self.sampling_options:
             parts.append(f"{cfg.steps} steps" + (" per block" if self.block_size else ""))

@@ -43,10 +43,11 @@ def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_av
 
 class SampleLogger(L.Callback):
     """Every `every_n_steps` optimizer steps, generate completions of a few prompts and log them as text: `length`
-    new tokens, or fewer where the model's context ends sooner (a sample must never stop a run)."""
+    new tokens, or fewer where the model's context ends sooner (a sample must never stop a run), at `steps` denoising
+    steps (default: the model's own)."""
 
     def __init__(self, every_n_steps: int = 500, prompts: tuple[str, ...] = ("ROMEO:", "", "First Citizen:\n"),
-                 length: int = 64, steps: int = 32):
+                 length: int = 64, steps: int | None = None):
         self.every_n_steps, self.prompts, self.length, self.steps = every_n_steps, list(prompts), length, steps
 
     @rank_zero_only
