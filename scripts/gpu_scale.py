@@ -2,8 +2,8 @@
 
 Phases, each printing its summary as it ends and saving every log into $OUT/gpu_scale.tar.gz:
 1. train, side by side on one GPU, time-boxed: on Shakespeare the AR judge (8 layers, seed 1), AR, masked
-   diffusion, the default DIMBA (hybrid) and, with --block_size, the block DIMBA; on path-star d=2 (50k
-   training instances) AR, masked and DIMBA;
+   diffusion, the whole-sequence DIMBA (hybrid) and, with --block_size, the block DIMBA (the default); on
+   path-star d=2 (50k training instances) AR, masked and DIMBA;
 2. evaluate: the ladder's protocol (64 held-out prompts, 96 tokens, entropy matched to real text) at 8 and 32
    steps against the in-call judge; path-star exact match on 1000 test instances;
 3. latency at batch 1, 1024 new tokens: DIMBA at 8 and 32 steps against AR decoding with CUDA graphs
@@ -104,7 +104,7 @@ class Call:
                       "--seed_everything", 1, *text],
             "ar": [*base, "--model", CONFIGS / "model" / "ar.yaml", *text],
             "masked": [*base, "--model", CONFIGS / "model" / "masked.yaml", *text],
-            "dimba": [*base, *text],
+            "dimba": [*base, *text, "--model.init_args.net.block_size", 0],  # the CPU ratios' whole-sequence model
             "ps_ar": [*base, *task, "--model", CONFIGS / "model" / "ar.yaml"],
             "ps_masked": [*base, *task, "--model", CONFIGS / "model" / "masked.yaml"],
             "ps_dimba": [*base, *task],
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every phase on the CPU, tiny, in about a minute")
     parser.add_argument("--train_seconds", type=int, default=300, help="each training run's time box")
-    parser.add_argument("--block_size", type=int, default=8, help="also a block DIMBA with this block (0: none)")
+    parser.add_argument("--block_size", type=int, default=4, help="also a block DIMBA with this block (0: none)")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_scale_out"))
     parser.add_argument("--work", default="/tmp/gpu_scale")
     args = parser.parse_args(argv)

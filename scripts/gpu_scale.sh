@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The scale question in one call on the lent GPU (see ../shared/GPU.md and docs/benchmarks.md): AR, masked
-# diffusion, the default DIMBA (and a block DIMBA) trained side by side on the same data in bf16 with mamba-ssm's
-# kernels, time-boxed; the ladder's evaluation against a judge trained in the same call; path-star d=2 for the
-# same three kinds; batch-1 latency with a graph-captured AR. Everything prints as it finishes; the logs go into
+# diffusion, the whole-sequence DIMBA and the block DIMBA (the default) trained side by side on the same data in
+# bf16 with mamba-ssm's kernels, time-boxed; the ladder's evaluation against a judge trained in the same call;
+# path-star d=2 for the same three kinds; batch-1 latency with a graph-captured AR. Everything prints as it finishes; the logs go into
 # $OUT/gpu_scale.tar.gz after every phase. `bash scripts/gpu_scale.sh --dry-run` runs it all on the CPU, tiny.
 #
 # Prepare on the CPU machine first (the device has no network), then carry .whl and .carry:

@@ -54,9 +54,19 @@ def trained_ar(workdir):
 
 @pytest.fixture(scope="session")
 def trained_hybrid(workdir):
-    """A tiny DIMBA checkpoint of the default config (the hybrid corruption), by `dimba fit`."""
+    """A tiny DIMBA checkpoint of the default config (the hybrid corruption, blocks of 4), by `dimba fit`."""
     result = dimba(*fit_args(workdir, "hybrid", model=None), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = ckpt_dir(workdir, "hybrid") / "last.ckpt"
+    assert ckpt.exists()
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def trained_hybrid_whole(workdir):
+    """The default config's hybrid DIMBA without blocks (`net.block_size 0`), by `dimba fit`."""
+    result = dimba(*fit_args(workdir, "hybrid_whole", "--model.init_args.net.block_size", 0, model=None), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = ckpt_dir(workdir, "hybrid_whole") / "last.ckpt"
     assert ckpt.exists()
     return ckpt

@@ -102,6 +102,23 @@ def test_every_shipped_config_parses(path, args, capsys):
     assert "model:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("stack,block_size", [
+    ([], 4),
+    (["--config", CONFIGS / "ar.yaml"], 0),
+    (["--config", CONFIGS / "masked.yaml"], 0),
+    (["--model", CONFIGS / "model" / "gaussian.yaml"], 0),
+    (["--config", CONFIGS / "tasks" / "path_star.yaml"], 0),
+    (["--config", CONFIGS / "tasks" / "sudoku6.yaml"], 0),
+], ids=["default", "ar", "masked", "gaussian", "path_star", "sudoku6"])
+def test_only_the_default_dimba_has_blocks(stack, block_size, capsys):
+    """configs/base.yaml's DIMBA is a block model; a stacked config that switches the model kind (jsonargparse keeps
+    the init_args the new class also takes) or a reasoning task must not inherit its blocks."""
+    from dimba.cli import main
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "base.yaml"), *map(str, stack), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["net"]["block_size"] == block_size
+
+
 def test_bf16_mixed_on_cpu(workdir):
     """bf16-mixed training through the CLI: every logged loss finite and no step skipped as non-finite."""
     import math
