@@ -291,3 +291,27 @@ def test_compare_plots_quality_against_latency_with_the_pareto_frontier(tmp_path
     assert "| block8, 2 steps | 900 | 0.4 |" in table and "| ar | 40 | 0.9 |" in table and out.stat().st_size > 0
     a, b = {"latency_s": 0.4, "gen_ppl": 900.0}, {"latency_s": 0.7, "gen_ppl": 700.0}
     assert not dominates(a, b) and not dominates(b, a) and dominates({"latency_s": 0.3, "gen_ppl": 700.0}, b)
+
+
+def test_the_block_pareto_script_plots_points_of_several_sittings_against_their_own_ar(tmp_path):
+    """scripts/block_pareto.py, the docs' plot: latency counts as a ratio to the AR timed in the same sitting, so
+    a point twice as slow as its own AR sits at 2 whatever the machine's load was; dominated points are not on
+    the frontier it prints."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    points = tmp_path / "points.csv"
+    points.write_text("run,steps,gen_ppl,latency_ms,ar_latency_ms,sitting\n"
+                      "AR,,30,1000,1000,a\n"
+                      "fast,1,900,600,1200,b\n"      # 0.5x AR: on the frontier
+                      "slow,4,950,2400,1200,b\n")    # 2x AR and worse than fast: dominated
+    out = tmp_path / "pareto.png"
+    result = subprocess.run([sys.executable, REPO / "scripts" / "block_pareto.py", "--points", points, "--out", out],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frontier = [line for line in result.stdout.splitlines() if line.startswith("frontier:")]
+    assert frontier == ["frontier: fast, 1 steps: gen-PPL 900 at 0.50x AR's latency",
+                        "frontier: AR: gen-PPL 30 at 1.00x AR's latency"]
+    assert out.stat().st_size > 0

@@ -129,9 +129,10 @@ def dominates(q: dict, p: dict) -> bool:
             and (q["latency_s"] < p["latency_s"] or q["gen_ppl"] < p["gen_ppl"]))
 
 
-def pareto(points: list[dict], path: Path) -> plt.Figure:
+def pareto(points: list[dict], path: Path, xlabel: str = "latency at batch 1 (s)") -> plt.Figure:
     """gen-PPL against batch-1 latency (both log), one colour per run (its step counts joined), the points no other
-    beats on both axes ringed: the Pareto frontier of quality and speed."""
+    beats on both axes ringed: the Pareto frontier of quality and speed. `xlabel` names what `latency_s` holds
+    (seconds, or a ratio to AR's latency when the points come from several sittings)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run in enumerate(dict.fromkeys(p["run"] for p in points)):
         pts = sorted((p["latency_s"], p["gen_ppl"], p["steps"]) for p in points if p["run"] == run)
@@ -142,7 +143,7 @@ def pareto(points: list[dict], path: Path) -> plt.Figure:
     front = [p for p in points if not any(dominates(q, p) for q in points)]
     ax.scatter([p["latency_s"] for p in front], [p["gen_ppl"] for p in front], s=120, facecolors="none",
                edgecolors="black", label="Pareto frontier")
-    ax.set(xscale="log", yscale="log", xlabel="latency at batch 1 (s)", ylabel="gen-PPL at real text's entropy")
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="gen-PPL at real text's entropy")
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
