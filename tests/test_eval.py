@@ -47,6 +47,21 @@ def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
     assert list(out.glob("events.out.tfevents*"))
 
 
+def test_entropy_matching_runs_at_the_grids_single_valued_options(trained_hybrid, trained_ar, workdir):
+    """A grid of reveal: [confidence] asks for that order; its entropy-matched rows use it, not the base's
+    random order, and keep the base's other options."""
+    out = workdir / "eval_matched_confidence"
+    result = dimba("eval", "--ckpt_path", trained_hybrid, "--judge_ckpt_path", trained_ar, "--source",
+                   workdir / "corpus", "--num_prompts", 4, "--prompt_len", 8, "--gen_len", 8,
+                   "--grid", "{steps: [2], reveal: [confidence]}", "--ablations", "{}", "--match_entropy",
+                   "temperature", "--sampling.x0_temperature", "0.9", "--batch_size", 2, "--out_dir", out,
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    matched = [r for r in json.loads((out / "results.json").read_text())["rows"] if r.get("matched_by")]
+    assert len(matched) == 1 and matched[0]["steps"] == 2 and matched[0]["reveal"] == "confidence"
+    assert matched[0]["x0_temperature"] == 0.9 and "reveal confidence" in matched[0]["label"]
+
+
 def test_eval_of_a_hybrid_model_at_a_base_sampling_setting(trained_hybrid, trained, trained_ar, workdir):
     out = workdir / "eval_hybrid"
     result = dimba("eval", "--ckpt_path", trained_hybrid, "--judge_ckpt_path", trained_ar, "--source",

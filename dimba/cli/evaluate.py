@@ -182,8 +182,11 @@ def evaluate_text(args, journal: Journal) -> dict:
         for m, _ in plans:
             knob = args.match_entropy if args.match_entropy in m.sampling_options else "top_p"
             steps = args.grid.get("steps", [args.sampling.steps]) if "steps" in m.sampling_options else [None]
+            # A grid option with one value (e.g. reveal: [confidence]) is the setting asked for: match there too.
+            fixed = {} if m is not model else {k: v[0] for k, v in args.grid.items()
+                                              if len(v) == 1 and k not in ("steps", knob) and k in m.sampling_options}
             for n in tqdm(steps, desc=f"entropy matching ({m.short_name})", file=sys.stderr):
-                base = bases[m.kind] if n is None else bases[m.kind].replace(steps=n)
+                base = bases[m.kind].replace(**fixed) if n is None else bases[m.kind].replace(steps=n, **fixed)
                 rows.append(journal.run(["match_entropy", m.kind, knob, base.as_dict()], quality.match_entropy, m,
                                         base, knob, args.batch_size))
     result = {"settings": settings_record(args),
@@ -291,7 +294,8 @@ def evaluate(ckpt_path: str, judge_ckpt_path: str | None = None, ar_ckpt_path: s
             a block model's block size)
         sampling: the evaluated model's base setting, under every row (its seed is the evaluation's)
         match_entropy: also, at each step count of the grid (and for the AR baseline, by top_p), set this knob by
-            bisection so that the samples' entropy matches the real continuation's
+            bisection so that the samples' entropy matches the real continuation's; at the base setting, with the
+            grid's options that have one value (a grid of reveal: [confidence] is matched with that reveal)
         infill_gap: also fill this many tokens hidden in the middle of each held-out block (at --at_steps) and judge
             the whole filled text
         sensitivity: also measure whether completions follow their prompt or their noise (at --at_steps)
