@@ -15,7 +15,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from dimba.eval.plots import dominates, pareto
+from dimba.eval.plots import frontier, pareto
 
 HERE = Path(__file__).resolve().parent.parent / "docs" / "img"
 
@@ -39,9 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     points = read_points(args.points)
     pareto(points, args.out, xlabel="latency for 1024 tokens at batch 1 / AR's in the same sitting")
-    for p in sorted(points, key=lambda p: p["latency_s"]):
-        if not any(dominates(q, p) for q in points):
-            print(f"frontier: {p['label']}: gen-PPL {p['gen_ppl']:g} at {p['latency_s']:.2f}x AR's latency")
+    for p in frontier(points):
+        print(f"frontier: {p['label']}: gen-PPL {p['gen_ppl']:g} at {p['latency_s']:.2f}x AR's latency")
     print(f"wrote {args.out}")
 
 

@@ -1,10 +1,12 @@
 """`dimba eval` and `dimba bench` end to end on tiny checkpoints: they run and write their outputs."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import assert_clean_failure, dimba, dimba_in_process
+from tests.helpers import REPO, assert_clean_failure, dimba, dimba_in_process
 
 
 def test_eval_writes_json_markdown_and_plots(trained, trained_ar, workdir):
@@ -312,11 +314,6 @@ def test_the_block_pareto_script_plots_points_of_several_sittings_against_their_
     """scripts/block_pareto.py, the docs' plot: latency counts as a ratio to the AR timed in the same sitting, so
     a point twice as slow as its own AR sits at 2 whatever the machine's load was; dominated points are not on
     the frontier it prints."""
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO
-
     points = tmp_path / "points.csv"
     points.write_text("run,steps,gen_ppl,latency_ms,ar_latency_ms,sitting\n"
                       "AR,,30,1000,1000,a\n"

@@ -186,7 +186,7 @@ def evaluate_text(args, journal: Journal) -> dict:
             fixed = {} if m is not model else {k: v[0] for k, v in args.grid.items()
                                               if len(v) == 1 and k not in ("steps", knob) and k in m.sampling_options}
             for n in tqdm(steps, desc=f"entropy matching ({m.short_name})", file=sys.stderr):
-                base = bases[m.kind].replace(**fixed) if n is None else bases[m.kind].replace(steps=n, **fixed)
+                base = bases[m.kind].replace(**fixed | ({} if n is None else {"steps": n}))
                 rows.append(journal.run(["match_entropy", m.kind, knob, base.as_dict()], quality.match_entropy, m,
                                         base, knob, args.batch_size))
     result = {"settings": settings_record(args),

@@ -129,6 +129,11 @@ def dominates(q: dict, p: dict) -> bool:
             and (q["latency_s"] < p["latency_s"] or q["gen_ppl"] < p["gen_ppl"]))
 
 
+def frontier(points: list[dict]) -> list[dict]:
+    """The points (dicts with latency_s and gen_ppl) that no other point dominates, fastest first."""
+    return sorted((p for p in points if not any(dominates(q, p) for q in points)), key=lambda p: p["latency_s"])
+
+
 def pareto(points: list[dict], path: Path, xlabel: str = "latency at batch 1 (s)") -> plt.Figure:
     """gen-PPL against batch-1 latency (both log), one colour per run (its step counts joined), the points no other
     beats on both axes ringed: the Pareto frontier of quality and speed. `xlabel` names what `latency_s` holds
@@ -140,7 +145,7 @@ def pareto(points: list[dict], path: Path, xlabel: str = "latency at batch 1 (s)
         for x, y, steps in pts:
             if steps is not None:
                 ax.annotate(str(steps), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    front = [p for p in points if not any(dominates(q, p) for q in points)]
+    front = frontier(points)
     ax.scatter([p["latency_s"] for p in front], [p["gen_ppl"] for p in front], s=120, facecolors="none",
                edgecolors="black", label="Pareto frontier")
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="gen-PPL at real text's entropy")
